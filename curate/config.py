@@ -1,0 +1,298 @@
+"""One strict, frozen config object per run: nested dataclasses loaded from YAML, overridable from the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    paths: tuple[str, ...] = ()          # files, folders or globs of URL lists
+    preset: str = "default"              # laion | coyo | datacomp | default (url, caption)
+    file_format: str = "auto"            # auto (by extension) | parquet | csv | tsv | jsonl | txt
+    url_col: str | None = None           # overrides the preset's URL column
+    caption_col: str | None = None       # overrides the preset's caption column
+    keep_columns: tuple[str, ...] = ()   # input columns carried to the ledger as src_<name>
+    unit_size: int = 10_000              # rows per work unit
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    enabled: bool = True
+    min_chars: int = 1                   # characters of the cleaned caption
+    max_chars: int = 2_000
+    min_words: int = 1
+    max_words: int = 500
+    drop_empty: bool = True
+    drop_only_filename: bool = True      # captions that are only "IMG_1234.jpg"
+    drop_only_url: bool = True
+    dedup_urls: bool = True              # keep the first row of each URL, later ones -> duplicate_url
+    blocklist: tuple[str, ...] = ()      # words or regexes (re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    enabled: bool = True
+    backend: str = "langdetect"          # langdetect | lingua
+    languages: tuple[str, ...] = ("all",)  # ISO 639-1 codes to keep, or all
+    min_lang_prob: float = 0.0           # rows below are dropped as lang (when languages != all)
+    keep_und: bool = True                # keep captions whose language is undetermined
+    seed: int = 0                        # langdetect's DetectorFactory.seed
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    threads: int = 32                    # requests in flight per worker process
+    timeout: float = 10.0                # seconds per connect / read
+    deadline: float = 30.0               # seconds for a whole request, body included
+    retries: int = 2                     # extra attempts on connection errors, 429 and 5xx
+    backoff: float = 0.5                 # seconds; doubled each retry, with jitter
+    max_redirects: int = 5
+    max_bytes: int = 20_000_000          # response body cap
+    user_agent: str = "curate/0.1 (+https://github.com/curate-project/curate)"
+    per_domain_concurrency: int = 16     # requests in flight per host per worker
+    per_domain_rps: float = 0.0          # requests per second per host per worker; 0 = unlimited
+    allow_private_networks: bool = False  # lift the SSRF guard (tests, the demo)
+    robots_disallow: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    retry_failed: bool = False           # rerun: refetch retryable failures in completed units
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    size: int = 256                      # target size in pixels
+    resize_mode: str = "keep_ratio"      # no | keep_ratio | keep_ratio_largest | center_crop | border
+    resize_only_if_bigger: bool = False
+    min_width: int = 0
+    min_height: int = 0
+    max_aspect_ratio: float = 0.0        # 0 = no limit
+    max_pixels: int = 100_000_000        # decompression-bomb cap, decided from the header
+    format: str = "jpg"                  # jpg | png | webp
+    quality: int = 95                    # jpg/webp encode quality
+    skip_reencode: bool = True           # keep the original bytes when they already fit
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    enabled: bool = True
+    hash: str = "phash"                  # phash | dhash
+    k: int = 10                          # Hamming distance for near-duplicates
+    trim_borders: bool = True            # trim uniform borders before hashing
+    exact_sha256: bool = True            # identical bytes are duplicates whatever their URL
+    max_bucket: int = 5_000              # larger (band, value) buckets are compared against their first members only
+    eval_hashes: str | None = None       # Parquet or text file of evaluation-image hashes -> eval_overlap
+    prefetch: bool = True                # drop repeated precomputed input hashes before download
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    enabled: bool = True
+    model: str = "ViT-B-32"              # open_clip name or a model config JSON path
+    pretrained: str = ""                 # open_clip tag, weights file or curate.train checkpoint dir
+    batch_size: int = 256
+    device: str = "auto"                 # auto | cpu | cuda
+    precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    save_embeddings: bool = False        # float16 image/text embeddings beside the unit ledger
+    threshold: float | None = None       # absolute cosine threshold (LAION: 0.28 for ViT-B/32)
+    keep_top_fraction: float | None = None  # or keep this top fraction over the run (DataComp: 0.3)
+    num_actors: int = 0                  # 0 = one per GPU, or one on CPU
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    concepts: bool = False               # MetaCLIP concept balancing
+    vocabulary: str = "imagenet"         # imagenet (open_clip's class names) or a file, one entry a line
+    t: int = 20_000                      # per-entry cap
+    unmatched: str = "keep"              # keep | drop | cap
+    lang_caps: dict = field(default_factory=dict)    # {lang: max rows}
+    lang_shares: dict = field(default_factory=dict)  # {lang: share of the kept set, 0..1}
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    samples_per_shard: int = 10_000
+    shuffle: bool = True                 # seeded shuffle across shards
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output: str = ""                     # local path or s3://bucket/prefix
+    seed: int = 0
+    overwrite: bool = False
+    ray_address: str | None = None       # None: RAY_ADDRESS or `ray job submit`, else local Ray
+    num_cpus: int | None = None          # local Ray size; None = all cores
+    max_units_in_flight: int = 0         # 0 = 2 per CPU: bounds phase-A memory
+    progress: bool = True
+    input: InputConfig = field(default_factory=InputConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+
+def _coerce(value, typ, path: str):
+    """Checks/converts a YAML value to the dataclass field type; errors name the key."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return from_dict(typ, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(typ)[:1]
+        return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if typ is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            out = typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected {typ.__name__}, got {value!r}") from None
+        if typ is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return out
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict, path: str = ""):
+    """Builds dataclass `cls` from a mapping; an unknown key is an error that names it."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = path or "config"
+        raise ConfigError(f"unknown key {unknown[0]!r} in {where} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """Plain-data form of a config (lists for tuples), for YAML/JSON output."""
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(cfg)
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | None = None, overrides: dict | None = None, cls=RunConfig):
+    """Loads YAML `path` (optional), applies dotted `overrides` ({'download.timeout': 5}), validates.
+
+    String override values are parsed as YAML scalars, so '5' -> 5 and '[en, de]' -> list.
+    """
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+    for k, v in (overrides or {}).items():
+        if isinstance(v, str):
+            try:
+                v = yaml.safe_load(v) if v != "" else v
+            except yaml.YAMLError:
+                pass
+        _set_dotted(data, k, v)
+    cfg = from_dict(cls, data)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RunConfig) -> None:
+    """Cross-field checks with messages that name the key."""
+    choices = {
+        "input.preset": (cfg.input.preset, ("laion", "coyo", "datacomp", "default")),
+        "input.file_format": (cfg.input.file_format, ("auto", "parquet", "csv", "tsv", "jsonl", "txt")),
+        "language.backend": (cfg.language.backend, ("langdetect", "lingua")),
+        "image.resize_mode": (cfg.image.resize_mode, ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")),
+        "image.format": (cfg.image.format, ("jpg", "png", "webp")),
+        "dedup.hash": (cfg.dedup.hash, ("phash", "dhash")),
+        "clip.device": (cfg.clip.device, ("auto", "cpu", "cuda")),
+        "clip.precision": (cfg.clip.precision, ("auto", "fp32", "bf16", "fp16")),
+        "balance.unmatched": (cfg.balance.unmatched, ("keep", "drop", "cap")),
+    }
+    for key, (val, allowed) in choices.items():
+        if val not in allowed:
+            raise ConfigError(f"{key}: {val!r} is not one of {', '.join(allowed)}")
+    positive = {"input.unit_size": cfg.input.unit_size, "download.threads": cfg.download.threads,
+                "image.size": cfg.image.size, "clip.batch_size": cfg.clip.batch_size,
+                "shards.samples_per_shard": cfg.shards.samples_per_shard}
+    for key, val in positive.items():
+        if val <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {val}")
+    f = cfg.clip.keep_top_fraction
+    if f is not None and not 0 < f <= 1:
+        raise ConfigError(f"clip.keep_top_fraction: must be in (0, 1], got {f}")
+
+
+def dump_yaml(cfg) -> str:
+    """The resolved config as YAML (saved beside the run's output)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg) -> str:
+    """A short stable hash of the resolved config (for manifest and resume checks)."""
+    import hashlib
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,60 @@
+"""Filesystem access for local paths and object storage (s3://...) through pyarrow.fs, with atomic writes."""
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def get_fs(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or an s3://bucket/prefix URL.
+
+    S3 credentials come from the usual AWS variables; AWS_ENDPOINT_URL selects a non-AWS
+    endpoint (MinIO, moto's server).
+    """
+    if path.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        opts = {}
+        if endpoint:
+            u = urlparse(endpoint)
+            opts = {"endpoint_override": u.netloc, "scheme": u.scheme or "http"}
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        return pafs.S3FileSystem(region=region, **opts), path[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(path.removeprefix("file://"))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Writes `data` under a temporary name beside `path`, then renames: readers see all or nothing."""
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if not is_local(fs):
+        # an object store publishes an object whole at its final key; no rename needed
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    os.replace(tmp, path)  # atomic on POSIX
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(fs: pafs.FileSystem, path: str) -> None:
+    fs.create_dir(path, recursive=True)

@@ -1,0 +1,181 @@
+"""Loads the table definitions in schemas/ into pyarrow schemas, column-name constants and the status enum."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+if not SCHEMA_DIR.is_dir():  # installed as a wheel: schemas/ is shipped inside the package
+    SCHEMA_DIR = Path(__file__).resolve().parent / "_schemas"
+
+ERROR_MESSAGE_MAX = 200  # chars: free text is capped so one bad host cannot bloat the ledger
+EXTRA_PREFIX = "src_"  # input columns carried with keep_columns are renamed src_<name>
+IMAGE = "image"  # transient column (encoded image bytes) between phase-A stages; never in the ledger
+# Transient booleans set by the planner over the whole run (first occurrence False); consumed in phase A.
+DUP_URL = "dup_url"          # the same URL appeared earlier in the run
+DUP_PHASH = "dup_phash"      # the same precomputed input image hash appeared earlier (COYO image_phash)
+INPUT_PHASH = "input_phash"  # precomputed hash column of the input, as a string, when the preset has one
+TRANSIENT = (IMAGE, DUP_URL, DUP_PHASH, INPUT_PHASH)
+
+_TYPES = {
+    "string": pa.string(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+    "uint64": pa.uint64(), "float32": pa.float32(), "float64": pa.float64(), "bool": pa.bool_(),
+    "binary": pa.binary(), "list<string>": pa.list_(pa.string()),
+}
+
+
+class SchemaError(ValueError):
+    """A table does not match its definition in schemas/."""
+
+
+def _load(name: str) -> dict:
+    return json.loads((SCHEMA_DIR / f"{name}.json").read_text())
+
+
+@lru_cache(maxsize=None)
+def table_schema(name: str) -> pa.Schema:
+    """The pyarrow schema of table `name` (ledger, samples)."""
+    spec = _load(name)
+    return pa.schema([pa.field(c["name"], _TYPES[c["type"]], nullable=c.get("nullable", True))
+                      for c in spec["columns"]])
+
+
+def ledger_schema() -> pa.Schema:
+    return table_schema("ledger")
+
+
+def samples_schema() -> pa.Schema:
+    return table_schema("samples")
+
+
+@lru_cache(maxsize=None)
+def _reasons() -> dict:
+    return _load("reasons")
+
+
+STATUSES: tuple[str, ...] = tuple(_reasons()["statuses"])
+RETRYABLE_DETAILS: frozenset[str] = frozenset(_reasons()["retryable_details"])
+Status = SimpleNamespace(**{s.upper(): s for s in STATUSES})  # Status.OK == "ok", Status.LANG == "lang", ...
+
+# Column names: COL.UID == "uid" etc. Every module takes names from here, never literals.
+COL = SimpleNamespace(**{f.name.upper(): f.name for t in ("samples", "ledger") for f in table_schema(t)},
+                      IMAGE=IMAGE, DUP_URL=DUP_URL, DUP_PHASH=DUP_PHASH, INPUT_PHASH=INPUT_PHASH)
+
+
+def url_presets() -> dict:
+    """The url-list column presets (laion, coyo, datacomp, default)."""
+    return _load("url_presets")["presets"]
+
+
+def reason(status: str, detail: str | None = None) -> str:
+    """Builds a reason string `status[:detail]`; raises on a status outside the closed set."""
+    if status not in STATUSES:
+        raise SchemaError(f"unknown status {status!r}; known: {', '.join(STATUSES)}")
+    return status if not detail else f"{status}:{detail}"
+
+
+def is_retryable(reason_str: str | None) -> bool:
+    """True for download failures worth refetching (timeouts, connection errors, 429, 5xx)."""
+    if not reason_str or not reason_str.startswith(Status.DOWNLOAD_ERROR + ":"):
+        return False
+    detail = reason_str.split(":", 1)[1]
+    return detail in RETRYABLE_DETAILS or (detail.startswith("http_5"))
+
+
+def cap_message(msg: object) -> str | None:
+    """Caps a free-text error message at ERROR_MESSAGE_MAX chars."""
+    if msg is None:
+        return None
+    s = str(msg)
+    return s if len(s) <= ERROR_MESSAGE_MAX else s[: ERROR_MESSAGE_MAX - 3] + "..."
+
+
+def ok_mask(table: pa.Table) -> pa.ChunkedArray:
+    """Boolean mask of rows still 'ok' (not yet dropped)."""
+    return pc.equal(table[COL.STATUS], Status.OK)
+
+
+def set_status(table: pa.Table, mask, status: str, detail=None, message=None) -> pa.Table:
+    """Sets status/reason (and error_message) where mask is true and the row is still ok.
+
+    detail / message may be a scalar or a per-row sequence (None entries allowed).
+    Rows already dropped keep their first reason: a row is dropped once.
+    """
+    n = table.num_rows
+    mask = pc.and_(pc.fill_null(pa.chunked_array([mask]) if not isinstance(mask, pa.ChunkedArray) else mask, False),
+                   ok_mask(table))
+    m = mask.to_numpy(zero_copy_only=False)
+    details = detail if isinstance(detail, (list, tuple)) else [detail] * n
+    messages = message if isinstance(message, (list, tuple)) else [message] * n
+    st = table[COL.STATUS].to_pylist()
+    rs = table[COL.REASON].to_pylist() if COL.REASON in table.column_names else [None] * n
+    em = table[COL.ERROR_MESSAGE].to_pylist() if COL.ERROR_MESSAGE in table.column_names else [None] * n
+    for i in m.nonzero()[0]:
+        st[i] = status
+        rs[i] = reason(status, details[i])
+        if messages[i] is not None:
+            em[i] = cap_message(messages[i])
+    table = set_column(table, COL.STATUS, pa.array(st, pa.string()))
+    table = set_column(table, COL.REASON, pa.array(rs, pa.string()))
+    return set_column(table, COL.ERROR_MESSAGE, pa.array(em, pa.string()))
+
+
+def set_column(table: pa.Table, name: str, values) -> pa.Table:
+    """Adds or replaces column `name`, typed as the ledger says when it is a ledger column."""
+    ledger = ledger_schema()
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        typ = ledger.field(name).type if name in ledger.names else None
+        values = pa.array(values, type=typ)
+    elif name in ledger.names and values.type != ledger.field(name).type:
+        values = values.cast(ledger.field(name).type)
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+def conform(table: pa.Table, name: str = "ledger", extra_prefix: str = EXTRA_PREFIX) -> pa.Table:
+    """Returns `table` with exactly the columns of schema `name` in order (missing ones null),
+    plus any `src_*` extra columns at the end; casts types. Raises SchemaError on a bad cast."""
+    schema = table_schema(name)
+    cols, fields = [], []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table[f.name]
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise SchemaError(f"{name}.{f.name}: cannot cast {col.type} to {f.type}: {e}") from e
+        else:
+            col = pa.nulls(table.num_rows, f.type)
+        cols.append(col)
+        fields.append(f)
+    for c in table.column_names:
+        if c.startswith(extra_prefix) and c not in schema.names:
+            cols.append(table[c])
+            fields.append(pa.field(c, table[c].type))
+    out = pa.Table.from_arrays(cols, schema=pa.schema(fields))
+    validate(out, name)
+    return out
+
+
+def validate(table: pa.Table, name: str = "ledger") -> None:
+    """Raises SchemaError naming the column when `table` does not match schema `name`."""
+    schema = table_schema(name)
+    for f in schema:
+        if f.name not in table.column_names:
+            raise SchemaError(f"{name}: missing column {f.name!r} (have: {', '.join(table.column_names)})")
+        got = table.schema.field(f.name).type
+        if got != f.type:
+            raise SchemaError(f"{name}.{f.name}: expected {f.type}, got {got}")
+        if not f.nullable and table[f.name].null_count:
+            raise SchemaError(f"{name}.{f.name}: {table[f.name].null_count} null values in a non-null column")
+    if name == "ledger":
+        bad = set(table[COL.STATUS].unique().to_pylist()) - set(STATUSES)
+        if bad:
+            raise SchemaError(f"ledger.status: unknown values {sorted(bad)}; known: {', '.join(STATUSES)}")
