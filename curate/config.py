@@ -28,26 +28,28 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    enabled: bool = True
+    enabled: bool = True                 # apply the text rules below
     min_chars: int = 1                   # characters of the cleaned caption
-    max_chars: int = 2_000
-    min_words: int = 1
-    max_words: int = 500
-    drop_empty: bool = True
+    max_chars: int = 2_000               # longer captions -> caption_rule:too_long
+    min_words: int = 1                   # words of the cleaned caption
+    max_words: int = 500                 # more words -> caption_rule:too_many_words
+    drop_empty: bool = True              # empty or missing captions -> caption_rule:empty
     drop_only_filename: bool = True      # captions that are only "IMG_1234.jpg"
-    drop_only_url: bool = True
+    drop_only_url: bool = True           # captions that are only a URL
     dedup_urls: bool = True              # keep the first row of each URL, later ones -> duplicate_url
     blocklist: tuple[str, ...] = ()      # words or regexes (re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class LanguageConfig:
-    enabled: bool = True
+    enabled: bool = True                 # detect caption languages (and filter by `languages`)
     backend: str = "langdetect"          # langdetect | lingua
     languages: tuple[str, ...] = ("all",)  # ISO 639-1 codes to keep, or all
-    min_lang_prob: float = 0.0           # rows below are dropped as lang (when languages != all)
+    min_lang_prob: float = 0.0           # 0..1: rows whose detected language is below are dropped as lang
     keep_und: bool = True                # keep captions whose language is undetermined
     seed: int = 0                        # langdetect's DetectorFactory.seed
+    min_letters: int = 3                 # letters (after URL/emoji/file-name cleaning) needed, else lang = und
+    lingua_low_accuracy: bool = False    # lingua trigram-only mode: ~9x less memory, ~3x faster, less accurate
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,13 @@ class DownloadConfig:
     deadline: float = 30.0               # seconds for a whole request, body included
     retries: int = 2                     # extra attempts on connection errors, 429 and 5xx
     backoff: float = 0.5                 # seconds; doubled each retry, with jitter
-    max_redirects: int = 5
+    max_redirects: int = 5               # each hop is checked by the SSRF guard again
     max_bytes: int = 20_000_000          # response body cap
-    user_agent: str = "curate/0.1 (+https://github.com/curate-project/curate)"
+    user_agent: str = "curate/0.1 (+https://github.com/curate-project/curate)"  # sent with every request
     per_domain_concurrency: int = 16     # requests in flight per host per worker
     per_domain_rps: float = 0.0          # requests per second per host per worker; 0 = unlimited
     allow_private_networks: bool = False  # lift the SSRF guard (tests, the demo)
-    robots_disallow: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    robots_disallow: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # X-Robots-Tag opt-outs -> robots
     retry_failed: bool = False           # rerun: refetch retryable failures in completed units
 
 
@@ -71,40 +73,43 @@ class DownloadConfig:
 class ImageConfig:
     size: int = 256                      # target size in pixels
     resize_mode: str = "keep_ratio"      # no | keep_ratio | keep_ratio_largest | center_crop | border
-    resize_only_if_bigger: bool = False
-    min_width: int = 0
-    min_height: int = 0
+    resize_only_if_bigger: bool = False  # never upscale small images
+    min_width: int = 0                   # pixels; smaller -> too_small
+    min_height: int = 0                  # pixels; smaller -> too_small
     max_aspect_ratio: float = 0.0        # 0 = no limit
     max_pixels: int = 100_000_000        # decompression-bomb cap, decided from the header
     format: str = "jpg"                  # jpg | png | webp
     quality: int = 95                    # jpg/webp encode quality
     skip_reencode: bool = True           # keep the original bytes when they already fit
+    decode_threads: int = 2              # images decoded at once per worker process (bounds decode memory)
 
 
 @dataclass(frozen=True)
 class DedupConfig:
-    enabled: bool = True
+    enabled: bool = True                 # hash images and drop exact and near duplicates
     hash: str = "phash"                  # phash | dhash
-    k: int = 10                          # Hamming distance for near-duplicates
+    k: int = 8                           # Hamming distance for near-duplicates (pHash distances are even; see curate/dedup)
     trim_borders: bool = True            # trim uniform borders before hashing
     exact_sha256: bool = True            # identical bytes are duplicates whatever their URL
     max_bucket: int = 5_000              # larger (band, value) buckets are compared against their first members only
     eval_hashes: str | None = None       # Parquet or text file of evaluation-image hashes -> eval_overlap
     prefetch: bool = True                # drop repeated precomputed input hashes before download
+    fast_hash: bool = False              # shrink (JPEG draft / box reduce) before the 32 px resize: faster, not bit-exact
 
 
 @dataclass(frozen=True)
 class ClipConfig:
-    enabled: bool = True
+    enabled: bool = True                 # score every image-caption pair
     model: str = "ViT-B-32"              # open_clip name or a model config JSON path
     pretrained: str = ""                 # open_clip tag, weights file or curate.train checkpoint dir
-    batch_size: int = 256
+    batch_size: int = 256                # images per model forward
     device: str = "auto"                 # auto | cpu | cuda
     precision: str = "auto"              # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     save_embeddings: bool = False        # float16 image/text embeddings beside the unit ledger
     threshold: float | None = None       # absolute cosine threshold (LAION: 0.28 for ViT-B/32)
     keep_top_fraction: float | None = None  # or keep this top fraction over the run (DataComp: 0.3)
     num_actors: int = 0                  # 0 = one per GPU, or one on CPU
+    draft_decode: bool = True            # JPEGs >= 2x the model's input size decode at a reduced scale (faster)
 
 
 @dataclass(frozen=True)
@@ -115,23 +120,24 @@ class BalanceConfig:
     unmatched: str = "keep"              # keep | drop | cap
     lang_caps: dict = field(default_factory=dict)    # {lang: max rows}
     lang_shares: dict = field(default_factory=dict)  # {lang: share of the kept set, 0..1}
+    case_sensitive: bool = False         # concept matching: False lowercases captions and entries
 
 
 @dataclass(frozen=True)
 class ShardConfig:
-    samples_per_shard: int = 10_000
+    samples_per_shard: int = 10_000      # every shard has exactly this many (the last may be short)
     shuffle: bool = True                 # seeded shuffle across shards
 
 
 @dataclass(frozen=True)
 class RunConfig:
     output: str = ""                     # local path or s3://bucket/prefix
-    seed: int = 0
-    overwrite: bool = False
+    seed: int = 0                        # seed of every random choice (shuffles, balancing draws)
+    overwrite: bool = False              # delete the output and start over (otherwise: resume)
     ray_address: str | None = None       # None: RAY_ADDRESS or `ray job submit`, else local Ray
     num_cpus: int | None = None          # local Ray size; None = all cores
     max_units_in_flight: int = 0         # 0 = 2 per CPU: bounds phase-A memory
-    progress: bool = True
+    progress: bool = True                # progress bar on a terminal, periodic log lines otherwise
     input: InputConfig = field(default_factory=InputConfig)
     text: TextConfig = field(default_factory=TextConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
@@ -285,6 +291,19 @@ def check(cfg: RunConfig) -> None:
     f = cfg.clip.keep_top_fraction
     if f is not None and not 0 < f <= 1:
         raise ConfigError(f"clip.keep_top_fraction: must be in (0, 1], got {f}")
+    _check_language(cfg.language)
+
+
+def _check_language(lang: LanguageConfig) -> None:
+    """language.languages are 'all' or lower-case ISO 639-1 codes; min_lang_prob is a probability."""
+    import re
+    for i, code in enumerate(lang.languages):
+        if code != "all" and not re.fullmatch(r"[a-z]{2}", code):
+            raise ConfigError(f"language.languages[{i}]: {code!r} is not 'all' or an ISO 639-1 code like 'en'")
+    if not 0.0 <= lang.min_lang_prob <= 1.0:
+        raise ConfigError(f"language.min_lang_prob: must be in [0, 1], got {lang.min_lang_prob}")
+    if lang.min_letters < 0:
+        raise ConfigError(f"language.min_letters: must be >= 0, got {lang.min_letters}")
 
 
 def dump_yaml(cfg) -> str:
@@ -296,3 +315,37 @@ def config_hash(cfg) -> str:
     """A short stable hash of the resolved config (for manifest and resume checks)."""
     import hashlib
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The trailing `# comment` of each field line in the dataclass source: the option's documentation."""
+    import inspect
+    import re
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def documented_yaml(cls=RunConfig, indent: int = 0) -> str:
+    """Every option of `cls` with its default and its documentation, as commented YAML."""
+    lines = []
+    pad = " " * indent
+    docs = _field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        val = getattr(default, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(documented_yaml(hints[f.name], indent + 2).rstrip("\n"))
+            continue
+        dumped = yaml.safe_dump({f.name: to_dict(val) if dataclasses.is_dataclass(val) else
+                                 (list(val) if isinstance(val, tuple) else val)},
+                                default_flow_style=True, width=1000).strip()
+        dumped = dumped[1:-1] if dumped.startswith("{") else dumped
+        comment = f"  # {docs[f.name]}" if f.name in docs else ""
+        lines.append(f"{pad}{dumped}{comment}")
+    return "\n".join(lines) + "\n"

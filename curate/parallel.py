@@ -5,11 +5,12 @@ from typing import Callable, Iterable
 
 
 def parallel_map(fn: Callable, items: Iterable, num_cpus: float = 1, max_in_flight: int | None = None,
-                 on_result: Callable | None = None) -> list:
+                 on_result: Callable | None = None, spread: bool = False) -> list:
     """[fn(x) for x in items], run as Ray tasks when ray.is_initialized(), else in this process.
 
     Results come back in input order. max_in_flight bounds submitted-but-unfinished tasks (memory);
-    on_result(index, result) is called as each finishes (progress).
+    on_result(index, result) is called as each finishes (progress). spread=True asks Ray to place
+    tasks across nodes (network-bound work such as downloads gains from every node's bandwidth).
     """
     items = list(items)
     try:
@@ -24,7 +25,8 @@ def parallel_map(fn: Callable, items: Iterable, num_cpus: float = 1, max_in_flig
             if on_result:
                 on_result(i, out[-1])
         return out
-    remote = ray.remote(num_cpus=num_cpus, max_retries=3)(fn)
+    opts = {"scheduling_strategy": "SPREAD"} if spread else {}
+    remote = ray.remote(num_cpus=num_cpus, max_retries=3, **opts)(fn)  # retries survive a killed worker
     limit = max_in_flight or max(2, 2 * int(ray.available_resources().get("CPU", 2)))
     results: list = [None] * len(items)
     pending: dict = {}

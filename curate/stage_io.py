@@ -78,3 +78,12 @@ def read_unit_images(output: str, unit_id: int) -> dict[str, bytes]:
             if m.isfile():
                 images[m.name.rsplit(".", 1)[0]] = tar.extractfile(m).read()
     return images
+
+
+def invalidate_scores(output: str, unit_id: int) -> None:
+    """Removes a unit's scores/embeddings so the scoring pass redoes them (after a retry changed the unit)."""
+    fs, out = fsutil.get_fs(output)
+    paths = unit_paths(out, unit_id)
+    for key in ("scores", "embeddings"):
+        if fsutil.exists(fs, paths[key]):
+            fs.delete_file(paths[key])

@@ -1,0 +1,167 @@
+"""The download stage: fetch, validate, decode and re-encode every still-ok row of a table, with many requests in flight."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import zip_longest
+
+import pyarrow as pa
+
+from curate.config import DownloadConfig, ImageConfig
+from curate.fetch import Fetcher, FetchResult
+from curate.imageproc import ImageResult, process_image
+from curate.schema import COL, Status, ok_mask, set_column, set_status
+
+MAX_DOMAINS_IN_STATS = 50   # hosts listed in domain_errors (the ones with most errors)
+_FETCHERS: dict[DownloadConfig, Fetcher] = {}
+_DECODE_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_FETCHERS_LOCK = threading.Lock()
+
+_OUT_TYPES = {COL.HTTP_STATUS: pa.int16(), COL.CONTENT_TYPE: pa.string(), COL.NUM_BYTES: pa.int64(),
+              COL.SHA256: pa.string(), COL.ORIG_WIDTH: pa.int32(), COL.ORIG_HEIGHT: pa.int32(),
+              COL.WIDTH: pa.int32(), COL.HEIGHT: pa.int32(), COL.IMAGE_FORMAT: pa.string(), COL.IMAGE: pa.binary()}
+
+
+@dataclass(slots=True)
+class RowResult:
+    """Everything the stage records for one fetched row."""
+    status: str
+    detail: str | None
+    message: str | None
+    host: str | None
+    http_status: int | None = None
+    content_type: str | None = None
+    num_bytes: int | None = None
+    sha256: str | None = None
+    orig_width: int | None = None
+    orig_height: int | None = None
+    width: int | None = None
+    height: int | None = None
+    image_format: str | None = None
+    image: bytes | None = None
+
+
+def get_fetcher(dl: DownloadConfig) -> Fetcher:
+    """The process-wide Fetcher for this config: connections and DNS answers are reused across units."""
+    with _FETCHERS_LOCK:
+        f = _FETCHERS.get(dl)
+        if f is None:
+            f = _FETCHERS[dl] = Fetcher(dl)
+        return f
+
+
+def decode_slots(n: int) -> threading.BoundedSemaphore:
+    """The process-wide limit of images decoded at once: many fetches wait on the network, but only a
+    few decodes run, so decode buffers (up to max_pixels each) are held by a few threads, not by all."""
+    with _FETCHERS_LOCK:
+        sem = _DECODE_SLOTS.get(n)
+        if sem is None:
+            sem = _DECODE_SLOTS[n] = threading.BoundedSemaphore(max(1, n))
+        return sem
+
+
+def fetch_one(url: str, fetcher: Fetcher, img: ImageConfig) -> RowResult:
+    """Fetch + hash + decode/resize/encode of one URL (runs in a worker thread; Pillow releases the GIL)."""
+    fr: FetchResult = fetcher.fetch(url)
+    out = RowResult(fr.status, fr.detail, fr.message, fr.host, fr.http_status, fr.content_type)
+    if fr.status != Status.OK:
+        return out
+    body = fr.body
+    out.num_bytes = len(body)
+    out.sha256 = hashlib.sha256(body).hexdigest()
+    with decode_slots(img.decode_threads):
+        ir: ImageResult = process_image(body, img)
+    out.status, out.detail, out.message = ir.status, ir.detail, ir.message
+    out.orig_width, out.orig_height = ir.orig_width, ir.orig_height
+    if ir.status == Status.OK:
+        out.width, out.height, out.image_format, out.image = ir.width, ir.height, ir.image_format, ir.data
+    return out
+
+
+def _interleave_by_host(indices: list[int], urls: list) -> list[int]:
+    """Row indices reordered round-robin over hosts, so the threads spread over hosts instead of
+    queueing behind one host's per-domain limit. (Output order is restored by index.)"""
+    by_host: dict[str, list[int]] = defaultdict(list)
+    for i in indices:
+        u = urls[i] or ""
+        by_host[u.split("/", 3)[2] if u.count("/") >= 2 else ""].append(i)
+    if len(by_host) <= 1:
+        return indices
+    return [i for group in zip_longest(*by_host.values()) for i in group if i is not None]
+
+
+def _run(urls: list, todo: list[int], fetcher: Fetcher, dl: DownloadConfig, img: ImageConfig) -> dict[int, RowResult]:
+    order = _interleave_by_host(todo, urls)
+    results: dict[int, RowResult] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(dl.threads, len(order))), thread_name_prefix="fetch") as ex:
+        # map keeps at most len(order) futures; each is bounded by the fetch deadline and the pixel cap
+        for i, res in zip(order, ex.map(lambda i: fetch_one(urls[i], fetcher, img), order)):
+            results[i] = res
+    return results
+
+
+def _write_columns(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
+    """Sets the per-row output columns (rows not fetched keep what they had) and the statuses."""
+    n = table.num_rows
+    for col, typ in _OUT_TYPES.items():
+        old = table[col].to_pylist() if col in table.column_names else [None] * n
+        attr = col if col != COL.IMAGE else "image"
+        for i, r in results.items():
+            old[i] = getattr(r, attr)
+        table = set_column(table, col, pa.array(old, typ))
+    failed = defaultdict(list)
+    for i, r in results.items():
+        if r.status != Status.OK:
+            failed[r.status].append(i)
+    for status, idx in failed.items():
+        mask, details, messages = [False] * n, [None] * n, [None] * n
+        for i in idx:
+            mask[i], details[i], messages[i] = True, results[i].detail, results[i].message
+        table = set_status(table, pa.array(mask), status, details, messages)
+    return table
+
+
+def _stats(results: dict[int, RowResult], seconds: float) -> dict:
+    statuses, reasons, per_host = Counter(), Counter(), defaultdict(Counter)
+    for r in results.values():
+        statuses[r.status] += 1
+        if r.status != Status.OK:
+            key = r.status if not r.detail else f"{r.status}:{r.detail}"
+            reasons[key] += 1
+            per_host[r.host or ""][key] += 1
+    worst = sorted(per_host, key=lambda h: -sum(per_host[h].values()))[:MAX_DOMAINS_IN_STATS]
+    ok = statuses.get(Status.OK, 0)
+    return {
+        "download_attempted": len(results),
+        "download_status_counts": dict(statuses),
+        "download_reason_counts": dict(reasons),
+        "domain_errors": {h: dict(per_host[h]) for h in worst},
+        "domains_with_errors": len(per_host),
+        "bytes_downloaded": sum(r.num_bytes or 0 for r in results.values()),
+        "bytes_stored": sum(len(r.image) for r in results.values() if r.image is not None),
+        "download_seconds": round(seconds, 3),
+        "images_per_s": round(ok / seconds, 2) if seconds > 0 else None,
+    }
+
+
+def download_stage(table: pa.Table, dl: DownloadConfig, img: ImageConfig,
+                   fetcher: Fetcher | None = None) -> tuple[pa.Table, dict]:
+    """Fetches and processes every row whose status is ok; returns (table, stats).
+
+    Sets http_status, content_type, num_bytes, sha256 (of the original bytes), orig_width/height,
+    width/height, image_format and the transient image column (bytes, null unless ok); failed rows get
+    status robots / invalid_url / download_error:<detail> / decode_error:<detail> / too_small /
+    bad_aspect. Other rows pass through unchanged; row count and order never change.
+    Wall time is bounded: each fetch by dl.deadline (+ one dl.timeout), each decode by img.max_pixels.
+    """
+    t0 = time.monotonic()
+    fetcher = fetcher or get_fetcher(dl)
+    todo = [i for i, ok in enumerate(ok_mask(table).to_pylist()) if ok]
+    urls = table[COL.URL].to_pylist()
+    results = _run(urls, todo, fetcher, dl, img) if todo else {}
+    out = _write_columns(table, results)
+    return out, _stats(results, time.monotonic() - t0)

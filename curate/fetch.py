@@ -1,0 +1,377 @@
+"""The HTTP client of the download workers: pooled, polite, deadline-bounded, SSRF-guarded fetches mapped to ledger reasons."""
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import random
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.util import connection as u3conn
+
+from curate.config import DownloadConfig
+from curate.schema import Status
+from curate.urls import InvalidURL, normalize_url
+
+DNS_TTL = 300.0            # seconds a resolved (or failed) host answer is reused in this process
+DNS_FAIL_TTL = 60.0
+RETRY_AFTER_CAP = 10.0     # seconds: a server asking for more is not waited for longer
+READ_CHUNK = 256 * 1024    # bytes per read: large enough to keep per-read overhead small
+ERROR_BODY_DRAIN = 64 * 1024  # error bodies up to this size are read so the connection can be reused
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_REFUSED_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "application/javascript")
+_SKIP_ROBOT_KEYS = frozenset({"unavailable_after"})  # directives with a colon that are not agent names
+
+
+class BlockedAddress(Exception):
+    """The host resolves only to addresses the SSRF guard refuses (not an OSError: urllib3 must not retry it)."""
+
+
+class DNSFailure(Exception):
+    """The host name did not resolve."""
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """What one fetch produced: the body on success, else a ledger status + detail + message."""
+    status: str                       # Status.OK, DOWNLOAD_ERROR, ROBOTS or INVALID_URL
+    detail: str | None = None
+    message: str | None = None
+    body: bytes | None = None
+    http_status: int | None = None
+    content_type: str | None = None
+    url: str | None = None            # final URL after redirects
+    host: str | None = None           # host of the requested URL, for per-domain stats
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """False for loopback, private, link-local, multicast, reserved, unspecified and shared (CGN) space."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def any_address(ip) -> bool:
+    """The guard with allow_private_networks: every address passes."""
+    return True
+
+
+class Resolver:
+    """getaddrinfo with a per-process TTL cache; returns the first address the guard allows."""
+
+    _cache: dict = {}                 # (host, port) -> (expiry, addresses | exception); shared per process
+    _lock = threading.Lock()
+
+    def __init__(self, allowed=is_public_address):
+        self.allowed = allowed
+
+    def _lookup(self, host: str, port: int) -> list:
+        key = (host, port)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit and hit[0] > now:
+            if isinstance(hit[1], Exception):
+                raise hit[1]
+            return hit[1]
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            value: list | Exception = [i[4][0] for i in infos]
+            ttl = DNS_TTL
+        except (socket.gaierror, UnicodeError) as e:
+            value, ttl = DNSFailure(f"cannot resolve {host}: {e}"), DNS_FAIL_TTL
+        with self._lock:
+            if len(self._cache) > 100_000:  # bounded: a long run sees millions of hosts
+                self._cache.clear()
+            self._cache[key] = (now + ttl, value)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def resolve(self, host: str, port: int) -> str:
+        """An IP address string for host to connect to; raises BlockedAddress or DNSFailure."""
+        addrs = self._lookup(host.strip("[]"), port)
+        for a in addrs:
+            if self.allowed(ipaddress.ip_address(a.split("%", 1)[0])):
+                return a
+        raise BlockedAddress(f"{host} resolves to {', '.join(sorted(set(addrs))[:3])}: not a public address")
+
+
+def _guarded_conn(base: type, resolver: Resolver) -> type:
+    """A urllib3 connection class that connects to the guard-checked IP, keeping the host name for
+    Host header, SNI and certificate checks (pinning the IP also closes the DNS-rebinding gap)."""
+
+    class Guarded(base):
+        def _new_conn(self) -> socket.socket:
+            ip = resolver.resolve(self._dns_host, self.port)
+            try:
+                return u3conn.create_connection((ip, self.port), self.timeout, source_address=self.source_address,
+                                                socket_options=self.socket_options)
+            except socket.timeout as e:
+                raise ConnectTimeoutError(self, f"connect to {self.host} ({ip}) timed out") from e
+            except OSError as e:
+                raise NewConnectionError(self, f"cannot connect to {self.host} ({ip}): {e}") from e
+
+    return Guarded
+
+
+class HostLimiter:
+    """Per-host politeness: at most `concurrency` requests in flight and `rps` request starts a second.
+
+    State is kept only for hosts with requests in flight or a rate reservation, so a worker that sees
+    millions of hosts does not grow with them.
+    """
+
+    def __init__(self, concurrency: int, rps: float):
+        self.concurrency = max(1, concurrency)
+        self.rps = rps
+        self._cond = threading.Condition()
+        self._in_flight: dict[str, int] = {}
+        self._next_start: dict[str, float] = {}   # token bucket as "earliest next start" (burst of 1)
+
+    @contextmanager
+    def slot(self, host: str):
+        """Holds one of the host's request slots for the duration of the with-block."""
+        with self._cond:
+            while self._in_flight.get(host, 0) >= self.concurrency:
+                self._cond.wait()
+            self._in_flight[host] = self._in_flight.get(host, 0) + 1
+        try:
+            self._wait_rate(host)
+            yield
+        finally:
+            with self._cond:
+                left = self._in_flight[host] - 1
+                if left:
+                    self._in_flight[host] = left
+                else:
+                    del self._in_flight[host]
+                self._cond.notify_all()
+
+    def _wait_rate(self, host: str) -> None:
+        if self.rps <= 0:
+            return
+        with self._cond:
+            now = time.monotonic()
+            start = max(now, self._next_start.get(host, now))
+            self._next_start[host] = start + 1.0 / self.rps
+            if len(self._next_start) > 10_000:  # forget hosts whose reservation is in the past
+                self._next_start = {h: t for h, t in self._next_start.items() if t > now}
+        if start > now:
+            time.sleep(start - now)
+
+
+def robots_disallowed(values: list[str], disallow: tuple[str, ...], agent_token: str) -> bool:
+    """True when an X-Robots-Tag value opts out for everyone or for our agent token.
+
+    `noai` and `curate: noai` apply to us; `otherbot: noai` does not (as search engines read it).
+    """
+    disallow_set = {d.lower() for d in disallow}
+    for value in values:
+        agent = None
+        for part in value.split(","):
+            part = part.strip().lower()
+            if ":" in part:
+                head, rest = (s.strip() for s in part.split(":", 1))
+                if head in _SKIP_ROBOT_KEYS:
+                    continue
+                agent, part = head, rest
+            if part in disallow_set and agent in (None, "*", agent_token):
+                return True
+    return False
+
+
+def _retry_after(headers, cap: float) -> float | None:
+    """Seconds asked for by a Retry-After header (delta or HTTP date), capped; None when absent/bad."""
+    raw = headers.get("Retry-After")
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        secs = float(raw)
+    except ValueError:
+        try:
+            secs = parsedate_to_datetime(raw).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(secs, cap))
+
+
+class Fetcher:
+    """Thread-safe HTTP fetcher for one worker process; share one instance between the worker's threads."""
+
+    def __init__(self, dl: DownloadConfig, address_allowed=None):
+        self.dl = dl
+        allowed = address_allowed or (any_address if dl.allow_private_networks else is_public_address)
+        self.resolver = Resolver(allowed)
+        self.limiter = HostLimiter(dl.per_domain_concurrency, dl.per_domain_rps)
+        self.agent_token = dl.user_agent.split("/", 1)[0].strip().lower()
+        self.pool = urllib3.PoolManager(
+            num_pools=512, maxsize=max(dl.per_domain_concurrency, 1), block=False, retries=False,
+            headers={"User-Agent": dl.user_agent, "Accept": "image/*,*/*;q=0.8"})
+        http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,),
+                         {"ConnectionCls": _guarded_conn(HTTPConnection, self.resolver)})
+        https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": _guarded_conn(HTTPSConnection, self.resolver)})
+        self.pool.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+
+    def close(self) -> None:
+        self.pool.clear()
+
+    # -------------------------------------------------------------- public entry
+
+    def fetch(self, url: str) -> FetchResult:
+        """Fetches `url` within dl.deadline (plus at most one dl.timeout); never raises for network trouble."""
+        try:
+            url = normalize_url(url)
+        except InvalidURL as e:
+            return FetchResult(Status.INVALID_URL, e.detail, str(e))
+        host = urlsplit(url).hostname
+        deadline = time.monotonic() + self.dl.deadline
+        try:
+            with self.limiter.slot(host or ""):  # the whole transfer (hops, retries, body) holds the host slot
+                res = self._follow(url, deadline)
+        except BlockedAddress as e:
+            res = FetchResult(Status.DOWNLOAD_ERROR, "blocked_address", str(e))
+        except DNSFailure as e:
+            res = FetchResult(Status.DOWNLOAD_ERROR, "connection", f"dns: {e}")
+        except NewConnectionError as e:  # a subclass of ConnectTimeoutError in urllib3 2: caught first
+            res = FetchResult(Status.DOWNLOAD_ERROR, "connection", str(e))
+        except (ReadTimeoutError, ConnectTimeoutError, TimeoutError, socket.timeout) as e:
+            res = FetchResult(Status.DOWNLOAD_ERROR, "timeout", str(e))
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+            res = FetchResult(Status.DOWNLOAD_ERROR, "connection", f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - the network boundary: anything unexpected is a row, not a crash
+            res = FetchResult(Status.DOWNLOAD_ERROR, "error", f"{type(e).__name__}: {e}")
+        res.host = host
+        return res
+
+    # -------------------------------------------------------------- internals
+
+    def _follow(self, url: str, deadline: float) -> FetchResult:
+        """Requests url, following up to max_redirects hops by hand so each hop is guard-checked."""
+        seen = {url}
+        for _ in range(self.dl.max_redirects + 1):
+            resp = self._request_with_retries(url, deadline)
+            if resp.status not in REDIRECTS or not resp.headers.get("Location"):
+                return self._finish(resp, url, deadline)
+            self._discard(resp)
+            try:
+                nxt = normalize_url(urljoin(url, resp.headers["Location"]))
+            except InvalidURL as e:
+                return FetchResult(Status.DOWNLOAD_ERROR, "bad_redirect", str(e), http_status=resp.status)
+            if nxt in seen:
+                return FetchResult(Status.DOWNLOAD_ERROR, "too_many_redirects", f"redirect loop at {nxt[:120]}",
+                                   http_status=resp.status)
+            seen.add(nxt)
+            url = nxt
+        return FetchResult(Status.DOWNLOAD_ERROR, "too_many_redirects",
+                           f"more than {self.dl.max_redirects} redirects", http_status=resp.status)
+
+    def _timeout(self, deadline: float) -> urllib3.Timeout:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        t = max(0.01, min(self.dl.timeout, left))
+        return urllib3.Timeout(connect=t, read=t)
+
+    def _request_with_retries(self, url: str, deadline: float):
+        """One hop: retries connection errors, 429 and 5xx with backoff + jitter (Retry-After honoured)."""
+        attempt = 0
+        while True:
+            try:
+                resp = self.pool.request("GET", url, preload_content=False, redirect=False, retries=False,
+                                         timeout=self._timeout(deadline))
+            except (NewConnectionError, urllib3.exceptions.ProtocolError):
+                if attempt >= self.dl.retries or not self._sleep_before_retry(attempt, None, deadline):
+                    raise
+                attempt += 1
+                continue
+            if (resp.status == 429 or resp.status >= 500) and attempt < self.dl.retries:
+                wait = _retry_after(resp.headers, RETRY_AFTER_CAP)
+                if self._sleep_before_retry(attempt, wait, deadline):
+                    self._discard(resp)
+                    attempt += 1
+                    continue
+            return resp
+
+    def _sleep_before_retry(self, attempt: int, wait: float | None, deadline: float) -> bool:
+        """Sleeps the backoff (or Retry-After); False when that would pass the deadline."""
+        if wait is None:
+            wait = self.dl.backoff * (2 ** attempt) * (0.5 + random.random())
+        if time.monotonic() + wait >= deadline:
+            return False
+        time.sleep(wait)
+        return True
+
+    def _finish(self, resp, url: str, deadline: float) -> FetchResult:
+        """Turns the final response into a result: status checks, opt-out, type, then the capped body."""
+        ctype = resp.headers.get("Content-Type")
+        base = dict(http_status=resp.status, content_type=ctype, url=url)
+        if not 200 <= resp.status < 300:
+            self._discard(resp)
+            return FetchResult(Status.DOWNLOAD_ERROR, f"http_{resp.status}", resp.reason, **base)
+        if self.dl.robots_disallow and robots_disallowed(resp.headers.getlist("X-Robots-Tag"),
+                                                         self.dl.robots_disallow, self.agent_token):
+            self._discard(resp)
+            return FetchResult(Status.ROBOTS, None, "X-Robots-Tag: " + ", ".join(resp.headers.getlist("X-Robots-Tag")),
+                               **base)
+        if ctype and ctype.strip().lower().startswith(_REFUSED_TYPES):
+            self._discard(resp)
+            return FetchResult(Status.DOWNLOAD_ERROR, "content_type", f"not an image: {ctype}", **base)
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.dl.max_bytes:
+            self._discard(resp)
+            return FetchResult(Status.DOWNLOAD_ERROR, "too_large", f"Content-Length {length} > {self.dl.max_bytes}",
+                               **base)
+        body = self._read_capped(resp, deadline)
+        if body is None:
+            return FetchResult(Status.DOWNLOAD_ERROR, "too_large", f"body over {self.dl.max_bytes} bytes", **base)
+        return FetchResult(Status.OK, None, None, body=body, **base)
+
+    def _read_capped(self, resp, deadline: float) -> bytes | None:
+        """Streams the body; None when it passes max_bytes; raises TimeoutError past the deadline."""
+        chunks, n, complete = [], 0, False
+        sock = getattr(getattr(resp, "connection", None), "sock", None)
+        try:
+            while n <= self.dl.max_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"deadline of {self.dl.deadline:g} s passed while reading the body")
+                if sock is not None:  # a silent server must not hold us past the deadline either
+                    sock.settimeout(max(0.01, min(self.dl.timeout, left)))
+                data = resp.read1(READ_CHUNK)  # returns what has arrived: a dripping body cannot block past the deadline
+                if not data:
+                    complete = True
+                    break
+                n += len(data)
+                chunks.append(data)
+        finally:
+            if not complete:  # unread bytes left on the socket: it cannot go back to the pool
+                resp.close()
+            resp.release_conn()
+        return b"".join(chunks) if complete else None
+
+    @staticmethod
+    def _discard(resp) -> None:
+        """Frees the connection: a small remaining body is read so the connection can be reused."""
+        length = resp.headers.get("Content-Length")
+        try:
+            if length and length.isdigit() and int(length) <= ERROR_BODY_DRAIN:
+                resp.read()
+                resp.release_conn()
+                return
+        except Exception:  # noqa: BLE001 - the network boundary: a broken error body only costs the connection
+            pass
+        resp.close()
+        resp.release_conn()

@@ -1,0 +1,57 @@
+"""`python -m curate.train`: contrastive (CLIP / SigLIP) training on webdataset shards."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from curate.config import ConfigError
+from curate.train.config import TrainConfig, load_train_config
+
+
+def parse_args(argv=None) -> tuple[str | None, dict]:
+    """(YAML path, {field: value}) from the command line: --config FILE, one --<field> flag per config field,
+    and -s/--set key=value for any of them."""
+    p = argparse.ArgumentParser(prog="python -m curate.train", description=__doc__)
+    p.add_argument("--config", help="YAML file with TrainConfig keys")
+    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, nargs="?", const="true", default=None)
+        else:
+            p.add_argument(flag, dest=f.name, default=None)
+    ns = p.parse_args(argv)
+    overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(ns, f.name) is not None}
+    for item in ns.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return ns.config, overrides
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    path, overrides = parse_args(argv)
+    try:
+        cfg = load_train_config(path, overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if cfg.ray:
+        from curate.train.ray_launch import launch
+        print(json.dumps(launch(cfg), default=str))
+        return 0
+    from curate.train.trainer import train
+    summary = train(cfg)
+    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

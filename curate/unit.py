@@ -1,0 +1,111 @@
+"""Phase A for one work unit: read rows, prefilter, download, hash, write stage outputs. No Ray here."""
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import stage_io
+from curate.config import RunConfig
+from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, set_column, set_status
+
+
+def _prefetch_duplicates(table: pa.Table, cfg: RunConfig) -> pa.Table:
+    """Rows whose precomputed input hash was seen earlier in the run are dropped before any fetch."""
+    if not (cfg.dedup.enabled and cfg.dedup.prefetch) or COL.DUP_PHASH not in table.column_names:
+        return table
+    return set_status(table, table[COL.DUP_PHASH], Status.DUPLICATE_PREFETCH, "input_phash")
+
+
+def _images_of(table: pa.Table) -> list[tuple[str, bytes]]:
+    """(member name, bytes) of rows that carry an encoded image, in ledger order."""
+    if COL.IMAGE not in table.column_names:
+        return []
+    out = []
+    for uid, fmt, img in zip(table[COL.UID].to_pylist(), table[COL.IMAGE_FORMAT].to_pylist(),
+                             table[COL.IMAGE].to_pylist()):
+        if img is not None:
+            out.append((f"{uid}.{fmt or 'jpg'}", img))
+    return out
+
+
+def _fetch_and_hash(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, dict]:
+    from curate.download import download_stage  # heavy imports stay inside the worker
+
+    table, stats = download_stage(table, cfg.download, cfg.image)
+    if cfg.dedup.enabled:
+        from curate.dedup import add_hashes
+        table = add_hashes(table, cfg.dedup)
+    # a row that failed after download must not carry an image into the stage tar
+    if COL.IMAGE in table.column_names:
+        keep = ok_mask(table)
+        table = set_column(table, COL.IMAGE, pc.if_else(keep, table[COL.IMAGE], pa.scalar(None, pa.binary())))
+    return table, stats
+
+
+def _finish(table: pa.Table, unit_id: int, output: str, stats: dict, t0: float) -> dict:
+    images = _images_of(table)
+    ledger = table.drop_columns([c for c in TRANSIENT if c in table.column_names])
+    counts = pc.value_counts(ledger[COL.STATUS]).to_pylist()
+    stats = {**stats, "unit_id": unit_id, "rows": ledger.num_rows, "images": len(images),
+             "status_counts": {d["values"]: d["counts"] for d in counts},
+             "unit_seconds": round(time.time() - t0, 3)}
+    stage_io.write_unit(output, unit_id, ledger, images, stats)
+    return stats
+
+
+def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) -> dict:
+    """Runs phase A on one unit and writes stage/<unit>.{tar,parquet,_stats.json}; returns its stats.
+
+    extra_stats (e.g. the worker's node id) is recorded in the unit's stats file.
+    """
+    from curate.reader import read_unit
+    from curate.language import prefilter
+
+    t0 = time.time()
+    table = read_unit(cfg.output, unit_id)
+    table = prefilter(table, cfg.text, cfg.language)
+    table = _prefetch_duplicates(table, cfg)
+    table, stats = _fetch_and_hash(table, cfg)
+    return _finish(table, unit_id, cfg.output, {**stats, **(extra_stats or {})}, t0)
+
+
+def retry_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) -> dict | None:
+    """Refetches the retryable failures (timeouts, 5xx, connection errors) of a completed unit.
+
+    Every other row is left exactly as it was. Returns the new stats, or None when nothing to retry.
+    """
+    ledger = stage_io.read_unit_ledger(cfg.output, unit_id)
+    retry = [is_retryable(r) for r in ledger[COL.REASON].to_pylist()]
+    if not any(retry):
+        return None
+    t0 = time.time()
+    old_images = stage_io.read_unit_images(cfg.output, unit_id)
+    mask = pa.array(retry)
+    todo = ledger.filter(mask)
+    todo = set_column(todo, COL.STATUS, pa.array([Status.OK] * todo.num_rows, pa.string()))
+    for col in (COL.REASON, COL.ERROR_MESSAGE):
+        todo = set_column(todo, col, pa.nulls(todo.num_rows, pa.string()))
+    todo, stats = _fetch_and_hash(todo, cfg)
+    merged = _merge_retried(ledger, todo, old_images)
+    stage_io.invalidate_scores(cfg.output, unit_id)
+    return _finish(merged, unit_id, cfg.output,
+                   {**stats, **(extra_stats or {}), "retried_rows": todo.num_rows}, t0)
+
+
+def _merge_retried(ledger: pa.Table, retried: pa.Table, old_images: dict[str, bytes]) -> pa.Table:
+    """The unit's ledger with retried rows replaced in place and images re-attached, order kept."""
+    new_rows = {r[COL.UID]: r for r in retried.to_pylist()}
+    rows = []
+    for r in ledger.to_pylist():
+        if r[COL.UID] in new_rows:
+            rows.append(new_rows[r[COL.UID]])
+        else:
+            r[COL.IMAGE] = old_images.get(r[COL.UID])
+            rows.append(r)
+    schema = retried.schema
+    for f in ledger.schema:
+        if f.name not in schema.names:
+            schema = schema.append(f)
+    return pa.Table.from_pylist(rows, schema=schema)

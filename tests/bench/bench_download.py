@@ -1,0 +1,259 @@
+"""Benchmark: curate's download stage vs img2dataset on the same 127.0.0.1 URL lists (images/s, peak RSS, fault wall time)."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from tests.bench.common import machine_info, versions, write_result  # noqa: F401 (machine_info via write_result)
+from tests.fault_server import FAULT_ROUTES, Route, serve_forever
+
+CTYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+POOL_VERSION = 1
+
+
+# ---------------------------------------------------------------- inputs
+
+def _photo_like(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """Smooth random colour field plus grain: compresses like a photo (about 2-3 bits/pixel at q90)."""
+    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    arr = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
+    arr = arr + rng.integers(-10, 11, (h, w, 1), dtype=np.int16)  # luminance grain: texture for the encoder
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def make_pool(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """n distinct images (ext, bytes): longest side log-uniform in 64..2000 px, 85% JPEG, 10% PNG, 5% WebP.
+
+    Cached in the temp dir: generating the large ones takes a while on a busy machine.
+    """
+    cache = Path(tempfile.gettempdir()) / f"curate-bench-pool-v{POOL_VERSION}-{n}-{seed}"
+    if cache.is_dir() and len(list(cache.iterdir())) == n:
+        files = sorted(cache.iterdir(), key=lambda p: int(p.stem))
+        return [(p.suffix[1:], p.read_bytes()) for p in files]
+    rng = np.random.default_rng(seed)
+    tmp = cache.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    out = []
+    for k in range(n):
+        longest = int(math.exp(rng.uniform(math.log(64), math.log(2000))))
+        aspect = rng.uniform(0.5, 2.0)
+        w, h = (longest, max(16, int(longest / aspect))) if aspect >= 1 else (max(16, int(longest * aspect)), longest)
+        ext = rng.choice(["jpg"] * 17 + ["png"] * 2 + ["webp"])
+        im = _photo_like(rng, w, h)
+        buf = io.BytesIO()
+        im.save(buf, {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext], **({"quality": 90} if ext != "png" else {}))
+        (tmp / f"{k}.{ext}").write_bytes(buf.getvalue())
+        out.append((str(ext), buf.getvalue()))
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)
+    return out
+
+
+def write_url_list(path: Path, urls: list[str]) -> None:
+    pq.write_table(pa.table({"url": urls, "caption": [f"an image number {i}" for i in range(len(urls))]}), path)
+
+
+# ---------------------------------------------------------------- the two tools (each run in a child process)
+
+def _curate_unit(job: tuple) -> dict:
+    from curate import stage_io
+    from curate.config import DownloadConfig, ImageConfig
+    from curate.download import download_stage
+    from curate.schema import COL, Status
+
+    urls_path, out_dir, unit_id, start, length, threads, size, quality, timeout = job
+    src = pq.read_table(urls_path).slice(start, length)
+    n = src.num_rows
+    table = pa.table({
+        COL.UID: [f"{start + i:012d}" for i in range(n)], COL.UNIT_ID: pa.array([unit_id] * n, pa.int32()),
+        COL.SOURCE_FILE: [urls_path] * n, COL.ROW_INDEX: pa.array(range(start, start + n), pa.int64()),
+        COL.URL: src["url"], COL.CAPTION: src["caption"], COL.STATUS: [Status.OK] * n})
+    dl = DownloadConfig(threads=threads, timeout=timeout, per_domain_concurrency=threads,
+                        allow_private_networks=True)
+    table, stats = download_stage(table, dl, ImageConfig(size=size, resize_mode="keep_ratio", quality=quality))
+    images = [(f"{u}.{f}", b) for u, f, b in zip(table[COL.UID].to_pylist(), table[COL.IMAGE_FORMAT].to_pylist(),
+                                                    table[COL.IMAGE].to_pylist()) if b is not None]
+    stage_io.write_unit(out_dir, unit_id, table.drop_columns([COL.IMAGE]), images, stats)
+    return {"ok": len(images), "reasons": stats["download_reason_counts"]}
+
+
+def run_curate(urls_path: str, out_dir: str, processes: int, threads: int, size: int, quality: int,
+               timeout: int, unit_rows: int, result) -> None:
+    n = pq.read_metadata(urls_path).num_rows
+    jobs = [(urls_path, out_dir, u, s, min(unit_rows, n - s), threads, size, quality, timeout)
+            for u, s in enumerate(range(0, n, unit_rows))]
+    with mp.get_context("spawn").Pool(processes) as pool:
+        stats = pool.map(_curate_unit, jobs, chunksize=1)
+    reasons: dict = {}
+    for s in stats:
+        for k, v in s["reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    result.send({"ok": sum(s["ok"] for s in stats), "reasons": reasons})
+
+
+def run_img2dataset(urls_path: str, out_dir: str, processes: int, threads: int, size: int, quality: int,
+                    timeout: int, unit_rows: int, result) -> None:
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # its import-time version check would try the network
+    from img2dataset import download
+
+    sys.stdout = open(os.devnull, "w")  # its per-shard progress lines would drown the report
+    download(url_list=urls_path, input_format="parquet", url_col="url", caption_col="caption",
+             output_folder=out_dir, processes_count=processes, thread_count=threads, image_size=size,
+             resize_mode="keep_ratio", encode_quality=quality, output_format="webdataset",
+             number_sample_per_shard=unit_rows, timeout=timeout, retries=0, enable_wandb=False)
+    ok, reasons = 0, {}
+    for p in Path(out_dir).glob("*_stats.json"):
+        st = json.loads(p.read_text())
+        ok += st.get("successes", 0)
+        for k, v in (st.get("status_dict") or {}).items():
+            reasons[k[:60]] = reasons.get(k[:60], 0) + v
+    result.send({"ok": ok, "reasons": reasons})
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(target, *args) -> dict:
+    """Runs target(*args, conn) in a fresh spawned process; wall time and peak RSS summed over its tree."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    t0 = time.monotonic()
+    proc = ctx.Process(target=target, args=(*args, send))
+    proc.start()
+    ps = psutil.Process(proc.pid)
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss(ps))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = recv.recv()  # the result arrives before the process exits
+    proc.join()
+    wall = time.monotonic() - t0
+    stop.set()
+    sampler.join()
+    return {**out, "wall_s": round(wall, 2), "peak_rss_mb": round(peak[0] / 2**20, 1),
+            "images_per_s": round(out["ok"] / wall, 1)}
+
+
+# ---------------------------------------------------------------- driver
+
+def start_server(pool: list[tuple[str, bytes]], **kw) -> tuple[mp.Process, int]:
+    ctx = mp.get_context("fork")  # a separate process: the server must not take the tools' GIL
+    recv, send = ctx.Pipe(duplex=False)
+    routes = [Route(body, CTYPES[ext]) for ext, body in pool]
+    proc = ctx.Process(target=serve_forever, args=(send,), kwargs={"pool": routes, **kw}, daemon=True)
+    proc.start()
+    return proc, recv.recv()
+
+
+def compare(name: str, urls: list[str], work: Path, common: tuple) -> dict:
+    urls_path = work / f"{name}.parquet"
+    write_url_list(urls_path, urls)
+    res = {}
+    for tool, fn in (("curate", run_curate), ("img2dataset", run_img2dataset)):
+        out_dir = work / f"{name}-{tool}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        res[tool] = measure(fn, str(urls_path), str(out_dir), *common)
+        print(f"[{name}] {tool}: {json.dumps(res[tool])}", flush=True)
+    return res
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--pool", type=int, default=300, help="distinct images served under distinct URLs")
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=32)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--quality", type=int, default=95)
+    ap.add_argument("--timeout", type=int, default=10, help="seconds, both tools")
+    ap.add_argument("--unit-rows", type=int, default=1000, help="rows per unit / img2dataset shard")
+    ap.add_argument("--fault-repeat", type=int, default=10, help="copies of the fault routes in the fault list")
+    ap.add_argument("--no-faults", action="store_true")
+    args = ap.parse_args(argv)
+
+    pool = make_pool(args.pool)
+    # the fault server: slow beyond the timeout, a 60 s drip, an "endless" body bounded at 200 MB
+    server, port = start_server(pool, slow_seconds=args.timeout + 5, drip_seconds=60,
+                                endless_bytes=200 * 2**20)
+    base = f"http://127.0.0.1:{port}"
+    common = (args.processes, args.threads, args.size, args.quality, args.timeout, args.unit_rows)
+    work = Path(tempfile.mkdtemp(prefix="curate-bench-dl-"))
+    try:
+        rng = np.random.default_rng(1)
+        ks = rng.integers(0, len(pool), args.rows)
+        urls = [f"{base}/pool/{i}/{k}.{pool[k][0]}" for i, k in enumerate(ks)]
+        main_res = compare("images", urls, work, common)
+        fault_res = None
+        if not args.no_faults:
+            from urllib.parse import quote
+            furls = [base + quote(p, safe="/") for p in FAULT_ROUTES] * args.fault_repeat
+            fault_res = compare("faults", furls, work, common)
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return report(args, pool, main_res, fault_res)
+
+
+def report(args, pool, main_res: dict, fault_res: dict | None) -> dict:
+    c, i = main_res["curate"], main_res["img2dataset"]
+    result = {
+        "rows": args.rows, "distinct_images": len(pool), "processes": args.processes, "threads": args.threads,
+        "image_size": args.size, "resize_mode": "keep_ratio", "encode_quality": args.quality,
+        "pool_mean_bytes": int(np.mean([len(b) for _, b in pool])),
+        "curate": c, "img2dataset": i,
+        "images_per_s_ratio": round(c["images_per_s"] / max(i["images_per_s"], 1e-9), 2),
+        "peak_rss_ratio": round(c["peak_rss_mb"] / max(i["peak_rss_mb"], 1e-9), 3),
+        "versions": versions("img2dataset", "pillow", "urllib3", "pyarrow", "opencv-python-headless"),
+        "notes": ("server: tests/fault_server.py in its own process on 127.0.0.1 (shares the 2 cores); "
+                  "peak RSS = max over 0.2 s samples of the summed RSS of each tool's process tree; "
+                  "curate: spawn Pool(processes) over units, download_stage + stage_io.write_unit; "
+                  "img2dataset: multiprocessing distributor, webdataset output, retries=0 (its default), "
+                  "curate retries=2 (its default); both timeout --timeout; shared machine, other jobs running"),
+    }
+    if fault_res:
+        fc, fi = fault_res["curate"], fault_res["img2dataset"]
+        result.update({"faults": fault_res, "fault_rows": args.fault_repeat * len(FAULT_ROUTES),
+                       "fault_wall_time_ratio": round(fc["wall_s"] / max(fi["wall_s"], 1e-9), 3),
+                       "fault_peak_rss_ratio": round(fc["peak_rss_mb"] / max(fi["peak_rss_mb"], 1e-9), 3)})
+    print(f"images/s: curate {c['images_per_s']} vs img2dataset {i['images_per_s']} "
+          f"(ratio {result['images_per_s_ratio']}); peak RSS {c['peak_rss_mb']} vs {i['peak_rss_mb']} MB "
+          f"(ratio {result['peak_rss_ratio']})")
+    if fault_res:
+        print(f"fault list wall: curate {fc['wall_s']} s vs img2dataset {fi['wall_s']} s "
+              f"(ratio {result['fault_wall_time_ratio']})")
+    write_result("download", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
