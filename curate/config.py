@@ -81,7 +81,7 @@ class ImageConfig:
     format: str = "jpg"                  # jpg | png | webp
     quality: int = 95                    # jpg/webp encode quality
     skip_reencode: bool = True           # keep the original bytes when they already fit
-    decode_threads: int = 2              # images decoded at once per worker process (bounds decode memory)
+    decode_threads: int = 2              # threads that decode/resize/encode per download stage call (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -284,10 +284,16 @@ def check(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: {val!r} is not one of {', '.join(allowed)}")
     positive = {"input.unit_size": cfg.input.unit_size, "download.threads": cfg.download.threads,
                 "image.size": cfg.image.size, "clip.batch_size": cfg.clip.batch_size,
+                "image.decode_threads": cfg.image.decode_threads,
+                "download.per_domain_concurrency": cfg.download.per_domain_concurrency,
                 "shards.samples_per_shard": cfg.shards.samples_per_shard}
     for key, val in positive.items():
         if val <= 0:
             raise ConfigError(f"{key}: must be > 0, got {val}")
+    if not 0 <= cfg.dedup.k < 32:
+        raise ConfigError(f"dedup.k: must be in [0, 31] (k+1 bands of 64 bits), got {cfg.dedup.k}")
+    if cfg.dedup.max_bucket <= 0:
+        raise ConfigError(f"dedup.max_bucket: must be > 0, got {cfg.dedup.max_bucket}")
     f = cfg.clip.keep_top_fraction
     if f is not None and not 0 < f <= 1:
         raise ConfigError(f"clip.keep_top_fraction: must be in (0, 1], got {f}")

@@ -101,7 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server naming)
         path = unquote(urlsplit(self.path).path)
         body = self.server.files.get(path)
-        if path.startswith("/notimage/"):
+        if path in self.server.failing:  # a host having a bad moment: retryable
+            body, ctype, code = b"busy", "text/plain", 503
+        elif path.startswith("/notimage/"):
             body, ctype, code = b"<html>not an image</html>", "text/html", 200
         elif body is None:
             body, ctype, code = b"not found", "text/plain", 404
@@ -109,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             ctype, code = "image/jpeg", 200
         with self.server.lock:
             self.server.hits += 1
+            self.server.path_hits[path] = self.server.path_hits.get(path, 0) + 1
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -124,6 +127,8 @@ class CorpusServer:
         self.httpd.daemon_threads = True
         self.httpd.files = files or {}
         self.httpd.hits = 0
+        self.httpd.path_hits = {}  # path -> requests
+        self.httpd.failing = set()  # paths answered 503 until removed
         self.httpd.lock = threading.Lock()
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -134,6 +139,14 @@ class CorpusServer:
     @property
     def hits(self) -> int:
         return self.httpd.hits
+
+    @property
+    def path_hits(self) -> dict[str, int]:
+        return self.httpd.path_hits
+
+    @property
+    def failing(self) -> set[str]:
+        return self.httpd.failing
 
     def set_files(self, files: dict[str, bytes]) -> None:
         self.httpd.files = files

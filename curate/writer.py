@@ -43,11 +43,13 @@ class ShardTask:
     mix: dict                 # this shard's language/concept deviation (selection.shard_mix)
 
 
-def write_outputs(output: str, ledger: pa.Table, cfg: RunConfig, inputs: list[dict], map_fn=None) -> dict:
+def write_outputs(output: str, ledger: pa.Table, cfg: RunConfig, inputs: list[dict], map_fn=None,
+                  selection: dict | None = None) -> dict:
     """Writes shards/, metadata/ and manifest.json for a selected ledger (every row kept or dropped);
     returns the manifest. Every file is written atomically and is byte-identical for the same inputs
     (manifest 'created' comes from SOURCE_DATE_EPOCH when set). map_fn(fn, items) runs the per-unit
-    index and per-shard write tasks (default curate.parallel.parallel_map: Ray tasks when Ray is up)."""
+    index and per-shard write tasks (default curate.parallel.parallel_map: Ray tasks when Ray is up).
+    selection: select()'s stats; its effective CLIP threshold and per-step counts go into the manifest."""
     if map_fn is None:
         from curate.parallel import parallel_map as map_fn
     fs, out = fsutil.get_fs(output)
@@ -66,6 +68,8 @@ def write_outputs(output: str, ledger: pa.Table, cfg: RunConfig, inputs: list[di
     sizes = {f"{t.name}.tar": s["count"] for t, s in zip(tasks, shards)}
     fsutil.atomic_write(fs, fsutil.join(out, SHARDS_DIR, "sizes.json"), _json(sizes, indent=1))
     manifest = build_manifest(ledger, cfg, inputs, shards, mix)
+    if selection is not None:
+        manifest["selection"] = {k: selection.get(k) for k in ("clip_threshold", "steps")}
     fsutil.atomic_write(fs, fsutil.join(out, "manifest.json"), _json(manifest, indent=1))
     return manifest
 
@@ -319,7 +323,9 @@ def build_manifest(ledger: pa.Table, cfg: RunConfig, inputs: list[dict], shards:
     """manifest.json's content (schemas/manifest.json); raises if the counts do not add up."""
     total = ledger.num_rows
     counts = _counts(ledger[COL.STATUS])
-    reasons = _counts(ledger.filter(pc.not_equal(ledger[COL.STATUS], Status.KEPT))[COL.REASON])
+    dropped = ledger.filter(pc.not_equal(ledger[COL.STATUS], Status.KEPT))[COL.REASON]
+    # one key per cluster representative would make the manifest grow with the run: group them
+    reasons = _counts(pc.replace_substring_regex(dropped, r"duplicate_of:[0-9a-f]+", "duplicate_of"))
     written = sum(s["count"] for s in shards)
     in_rows = [i.get("rows") for i in inputs]
     if inputs and None not in in_rows and sum(in_rows) != total:

@@ -37,14 +37,16 @@ def write_url_list(out: Path, rows) -> Path:
 
 
 def clip_rates(output: Path, rows) -> dict:
-    """Shares of matched / mismatched captions dropped as low_clip_score, among rows that were scored."""
+    """Shares of matched / mismatched captions dropped as low_clip_score, among the rows that reached the
+    CLIP filter (rows dropped earlier, e.g. as near-duplicates of a better-captioned copy, never met it)."""
     ledger = pq.read_table(output / "metadata" / "ledger").sort_by(COL.ROW_INDEX).to_pylist()
-    stats = {"match": [0, 0], "mismatch": [0, 0]}  # [scored, dropped low_clip_score]
+    stats = {"match": [0, 0], "mismatch": [0, 0]}  # [reached the filter, dropped low_clip_score]
+    reached = (Status.KEPT, Status.LOW_CLIP_SCORE, Status.BALANCED_OUT)
     for r, row in zip(rows, ledger):
-        if r.kind in stats and row[COL.CLIP_SCORE] is not None:
+        if r.kind in stats and row[COL.STATUS] in reached:
             stats[r.kind][0] += 1
             stats[r.kind][1] += row[COL.STATUS] == Status.LOW_CLIP_SCORE
-    return {k: {"scored": s, "dropped_low_clip": d, "drop_rate": round(d / s, 3) if s else None}
+    return {k: {"reached_filter": s, "dropped_low_clip": d, "drop_rate": round(d / s, 3) if s else None}
             for k, (s, d) in stats.items()}
 
 
@@ -72,11 +74,10 @@ def main(argv=None) -> int:
             "clip.threshold": threshold, "clip.batch_size": 128, "dedup.enabled": True})
         run(cfg)
     rates = clip_rates(out / "run", rows)
-    print(f"\nCLIP filter (threshold {threshold:.3f}): mismatched captions dropped "
-          f"{rates['mismatch']['drop_rate']:.0%} ({rates['mismatch']['dropped_low_clip']}/"
-          f"{rates['mismatch']['scored']}), matched captions kept "
-          f"{1 - rates['match']['drop_rate']:.0%} ({rates['match']['scored'] - rates['match']['dropped_low_clip']}/"
-          f"{rates['match']['scored']})")
+    mm, ma = rates["mismatch"], rates["match"]
+    print(f"\nCLIP filter (threshold {threshold:.3f}), among rows that reached it: mismatched captions dropped "
+          f"{mm['drop_rate']:.0%} ({mm['dropped_low_clip']}/{mm['reached_filter']}), matched captions kept "
+          f"{1 - ma['drop_rate']:.0%} ({ma['reached_filter'] - ma['dropped_low_clip']}/{ma['reached_filter']})")
     print(f"demo finished in {time.time() - t0:.0f} s. Explore: notebooks/explore_metadata.ipynb "
           f"(CURATE_OUTPUT={out / 'run'})")
     return 0

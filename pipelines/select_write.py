@@ -75,13 +75,11 @@ def phase_b_c(cfg: RunConfig, units: list) -> dict:
     ledger = load_ledger(cfg, units)
     drops = dedup_drops(cfg, ledger)
     t0 = time.time()
-    final = select(ledger, drops, cfg)
-    if isinstance(final, tuple):
-        final, _stats = final
+    final, stats = select(ledger, drops, cfg)
     kept = pc.sum(pc.equal(final[COL.STATUS], Status.KEPT)).as_py() or 0
     print(f"phase B: selection kept {kept} of {final.num_rows} rows in {time.time() - t0:.1f} s", file=sys.stderr)
     t0 = time.time()
-    manifest = write_outputs(cfg.output, final, cfg, plan_inputs(cfg.output))
+    manifest = write_outputs(cfg.output, final, cfg, plan_inputs(cfg.output), selection=stats)
     print(f"phase C: wrote {len(manifest.get('shards', []))} shards in {time.time() - t0:.1f} s", file=sys.stderr)
     _report(cfg, manifest)
     return manifest

@@ -17,7 +17,7 @@ from PIL import Image
 SLOW_SECONDS = 3.0      # /fault/slow waits this long before answering (tests use timeouts well below it)
 DRIP_SECONDS = 20.0     # /fault/drip sends its body over this long
 ENDLESS_CHUNK = 64 * 1024
-ENDLESS_BYTES = 4 * 1024**3  # /fault/endless stops after this much, so a client without a byte cap is not killed
+ENDLESS_BYTES = 256 * 1024**2  # /fault/endless stops here: a client without a byte cap is not OOM-killed
 UNICODE_PATH = "/img/with space/ünïcødé 图.jpg"  # served at its percent-encoded form
 
 

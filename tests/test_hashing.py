@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from curate.config import DedupConfig
+from curate.dedup import hashing
 from curate.dedup.hashing import add_hashes, hash_images, trim_borders
 from curate.schema import COL
 
@@ -71,7 +72,8 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-def test_add_hashes_on_encoded_bytes(fmt):
+def test_add_hashes_on_encoded_bytes(fmt, monkeypatch):
+    monkeypatch.setattr(hashing, "HASH_BATCH", 4)  # chunk boundaries fall inside the table
     images = [im.convert("RGB") for im in _images()[:4]]
     blobs = [_encode(im, fmt) for im in images]
     table = pa.table({COL.UID: ["a", "b", "c", "d", "e", "f"],

@@ -109,6 +109,16 @@ def test_resolve_run_folder_and_brace_spec(run_dir):
         resolve_shards(str(run_dir / "nothing_here"))
 
 
+def test_resolve_from_manifest_when_sizes_json_is_missing(tmp_path, run_dir):
+    (tmp_path / "shards").mkdir()
+    for name in ("00000.tar", "00001.tar"):
+        (tmp_path / "shards" / name).write_bytes((run_dir / "shards" / name).read_bytes())
+    shards = [{"name": f"shards/{n}", "count": 10} for n in ("00000.tar", "00001.tar")]
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": shards}))
+    urls, n = resolve_shards(str(tmp_path))
+    assert [Path(u).name for u in urls] == ["00000.tar", "00001.tar"] and n == 20
+
+
 def _captions(spec, workers=0) -> list[str]:
     spec.infinite = False
     return [t for b in make_loader(spec, workers) for t in b["texts"]]
@@ -166,3 +176,30 @@ def test_start_batch_replays_the_same_stream(run_dir):
         got = next(resumed)
         assert got["texts"] == expected["texts"]
         assert torch.equal(got["images"], expected["images"])
+
+
+def test_shards_on_s3_moto_server(monkeypatch, run_dir):
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        s3.create_bucket(Bucket="bkt")
+        for f in sorted((run_dir / "shards").iterdir()):
+            s3.put_object(Bucket="bkt", Key=f"out/shards/{f.name}", Body=f.read_bytes())
+        urls, n = resolve_shards("s3://bkt/out")  # a run output folder on S3, via its sizes.json
+        assert n == 40 and urls[0] == "s3://bkt/out/shards/00000.tar"
+        urls, n = resolve_shards("s3://bkt/out/shards/{00002..00003}.tar")
+        assert n == 20
+        assert sorted(_captions(_spec(urls, batch_size=5))) == sorted(f"caption {i}" for i in range(20, 40))
+    finally:
+        server.stop()

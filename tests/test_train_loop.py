@@ -3,6 +3,7 @@ open_clip loads (by name + safetensors file, and as a local-dir), corrupt sample
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import shutil
 
@@ -49,6 +50,7 @@ def test_config_is_strict_and_cli_overrides():
 
 
 def test_resume_latest_continues_exactly_and_checkpoint_loads_in_open_clip(data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="curate.train")
     root, model = data
     full = tmp_path / "full"
     assert main(_args(root, model, full, "--steps", "6", "--save-every", "3", "--keep-checkpoints", "0",

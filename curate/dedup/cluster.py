@@ -10,6 +10,12 @@ How near-duplicates are found (no false negatives against brute force, up to the
     the pairs skipped this way are the only difference from brute force (BucketStats counts the buckets);
   * the pairs become edges of a graph over rows (plus edges between rows of equal hash and of equal sha256);
     its connected components are the clusters (scipy's union-find-equivalent connected_components).
+Cost: random hashes share a given b-bit band value with probability 2^-b, so the join compares about
+(k+1) * n^2 / 2^(64/(k+1)+1) pairs until buckets reach max_bucket (then at most (k+1) * n * max_bucket).
+Measured (tests/bench/results/dedup.json, 2 shared cores, numpy version): k=3 (16-bit bands) 1M in 6 s,
+4M in 44 s, 16M in 7 min / 3 GB; the default k=8 (7-bit bands) 200k in 27 s, growing ~n^2 up to the cap.
+k=8 is the smallest k whose pairwise F1 on the real-photo near-duplicate set (tests/test_cluster.py) stays
+well above imagehash's; runs of many millions of images want a smaller k or a larger cluster.
 Representative of a cluster: highest clip_score (nulls last), then largest width*height, then smallest uid.
 Reasons: a row byte-identical (same sha256) to its representative gets `duplicate:sha256`; every other member
 gets `duplicate:duplicate_of:<uid of representative>`. Rows within k of an evaluation hash get `eval_overlap`
@@ -136,8 +142,9 @@ def cross_pairs(data: np.ndarray, probe: np.ndarray, k: int) -> np.ndarray:
 
 
 def load_eval_hashes(path: str | None, column: str = COL.PHASH) -> np.ndarray:
-    """Evaluation-image hashes as uint64: a Parquet file with a `column` (or phash) column, or a text file
-    with one hash a line (16 hex digits, 0x-prefixed hex, or a decimal integer)."""
+    """Evaluation-image hashes as uint64: a Parquet file with a `column` column (uint64/int64, or hex
+    strings), or a text file with one hash a line: 16 hex digits (imagehash's str), 0x-hex, or a decimal
+    integer of another length."""
     if not path:
         return np.zeros(0, np.uint64)
     p = Path(path)
@@ -153,9 +160,13 @@ def load_eval_hashes(path: str | None, column: str = COL.PHASH) -> np.ndarray:
     return np.array(out, np.uint64)
 
 
+def _hash_col(cfg: DedupConfig) -> str:
+    return COL.PHASH if cfg.hash == "phash" else COL.DHASH
+
+
 def _hashes(meta: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(uniq, inv): sorted distinct hashes of the rows with a hash, and each row's index into uniq (-1: none)."""
-    col = meta[COL.PHASH if cfg.hash == "phash" else COL.DHASH]
+    col = meta[_hash_col(cfg)]
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     inv = np.full(meta.num_rows, -1, np.int64)
     uniq, inv_valid = np.unique(col.drop_null().cast(pa.uint64()).to_numpy(), return_inverse=True)
@@ -166,8 +177,9 @@ def _hashes(meta: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
 def _first_rows(groups: np.ndarray, n_groups: int) -> np.ndarray:
     """For each group id 0..n_groups-1, the first row (smallest index) carrying it; rows with -1 are ignored."""
     first = np.full(n_groups, -1, np.int64)
-    rows = np.flatnonzero(groups >= 0)[::-1]
-    first[groups[rows]] = rows  # written in reverse, so the smallest row wins
+    rows = np.flatnonzero(groups >= 0)
+    ids, at = np.unique(groups[rows], return_index=True)  # return_index: the first occurrence
+    first[ids] = rows[at]
     return first
 
 
@@ -228,7 +240,7 @@ def resolve(meta: pa.Table, cfg: DedupConfig, uniq: np.ndarray, inv: np.ndarray,
     """Turns near pairs (indices into `uniq`) into the rows to drop: eval overlaps, then duplicates."""
     n = meta.num_rows
     banned = np.zeros(n, bool)
-    eval_hits = cross_pairs(uniq, load_eval_hashes(cfg.eval_hashes), cfg.k)
+    eval_hits = cross_pairs(uniq, load_eval_hashes(cfg.eval_hashes, _hash_col(cfg)), cfg.k)
     if eval_hits.size:
         banned = np.isin(inv, eval_hits)
     src, dst = _edges(meta, inv, pairs, banned, cfg)
@@ -284,7 +296,7 @@ def _read_meta(paths: list[str], columns: list[str]) -> pa.Table:
     """The 'ok' rows of the stage ledgers, only the columns clustering needs."""
     tables = [pq.read_table(p, columns=columns + [COL.STATUS], filters=[(COL.STATUS, "=", Status.OK)])
               for p in paths]
-    return pa.concat_tables(tables).select(columns) if tables else pa.table({c: [] for c in columns})
+    return pa.concat_tables(tables).select(columns)
 
 
 def find_duplicates_ray(paths: list[str], cfg: DedupConfig = DedupConfig()) -> pa.Table:
@@ -295,20 +307,35 @@ def find_duplicates_ray(paths: list[str], cfg: DedupConfig = DedupConfig()) -> p
     (small: near-duplicates only) comes back to the driver for the connected components."""
     import ray
 
-    hcol = COL.PHASH if cfg.hash == "phash" else COL.DHASH
-    cols = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT]
-    meta = _read_meta(paths, cols)
-    if not cfg.enabled or meta.num_rows == 0:
+    if not cfg.enabled or not paths:
+        return OUT_SCHEMA.empty_table()
+    hcol = _hash_col(cfg)
+    meta = _read_meta(paths, [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT])
+    if meta.num_rows == 0:
         return OUT_SCHEMA.empty_table()
     parts = max(1, -(-meta.num_rows // HASHES_PER_GROUP))
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.shuffle_strategy
+    # sort-based shuffle runs as plain tasks; the default hash shuffle starts aggregator actors, which
+    # doubled this job's time on a small cluster (measured: 57 s -> 28 s in tests/test_cluster.py)
+    ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        pairs = _ray_pairs(paths, hcol, cfg, parts)
+    finally:
+        ctx.shuffle_strategy = saved
+    uniq, inv = _hashes(meta, cfg)
+    ha, hb = (np.concatenate(x).astype(np.uint64) if x else np.zeros(0, np.uint64) for x in pairs)
+    return resolve(meta, cfg, uniq, inv, _unique_pairs(np.searchsorted(uniq, ha), np.searchsorted(uniq, hb)))
+
+
+def _ray_pairs(paths: list[str], hcol: str, cfg: DedupConfig, parts: int) -> tuple[list, list]:
+    """The Ray Data job: (hash_a chunks, hash_b chunks) of every pair within distance k."""
+    import ray
+
     ds = (ray.data.read_parquet(paths, columns=[hcol, COL.STATUS])
           .map_batches(_band_rows, fn_kwargs={"hcol": hcol, "k": cfg.k, "parts": parts}, batch_format="pyarrow")
           .groupby([_BAND, _PART], num_partitions=max(1, int(ray.cluster_resources().get("CPU", 1))))
           .map_groups(_group_pairs, fn_kwargs={"hcol": hcol, "k": cfg.k, "max_bucket": cfg.max_bucket},
                       batch_format="numpy"))
     found = [b for b in ds.iter_batches(batch_format="numpy") if len(b[_A])]
-    uniq, inv = _hashes(meta, cfg)
-    ha = np.concatenate([b[_A] for b in found]).astype(np.uint64) if found else np.zeros(0, np.uint64)
-    hb = np.concatenate([b[_B] for b in found]).astype(np.uint64) if found else np.zeros(0, np.uint64)
-    pairs = _unique_pairs(np.searchsorted(uniq, ha), np.searchsorted(uniq, hb))
-    return resolve(meta, cfg, uniq, inv, pairs)
+    return [b[_A] for b in found], [b[_B] for b in found]

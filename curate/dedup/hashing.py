@@ -17,6 +17,7 @@ FAST_SIDE = 2 * PHASH_SIDE         # fast path: shrink cheaply to >= 64 px befor
 TRIM_TOL = 12                      # gray levels: how far a border line may stray from its colour (JPEG noise)
 TRIM_FRACTION = 0.98               # share of a line's pixels that must be within TRIM_TOL to count as border
 TRIM_MAX = 0.10                    # a uniform run reaching this share of a side is content (sky, page), not a frame
+HASH_BATCH = 256                   # decoded images held at once by add_hashes (~50 MB at 256 px RGB)
 LANCZOS = Image.Resampling.LANCZOS
 
 
@@ -120,20 +121,18 @@ def _decode(data: bytes, cfg: DedupConfig) -> Image.Image | None:
 
 
 def add_hashes(table: pa.Table, cfg: DedupConfig = DedupConfig()) -> pa.Table:
-    """Adds COL.PHASH and COL.DHASH (uint64) for rows with non-null COL.IMAGE bytes; null elsewhere."""
+    """Adds COL.PHASH and COL.DHASH (uint64) for rows with non-null COL.IMAGE bytes; null elsewhere
+    (also where the bytes no longer decode). Works in chunks of HASH_BATCH decoded images to bound memory."""
     n = table.num_rows
-    phash = np.zeros(n, np.uint64)
-    dhash = np.zeros(n, np.uint64)
+    phash, dhash = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
     valid = np.zeros(n, bool)
-    if COL.IMAGE in table.column_names:
-        images, rows = [], []
-        for i, data in enumerate(table[COL.IMAGE].to_pylist()):
-            img = _decode(data, cfg) if data is not None else None
-            if img is not None:
-                images.append(img)
-                rows.append(i)
+    column = table[COL.IMAGE] if COL.IMAGE in table.column_names else pa.nulls(n, pa.binary())
+    for lo in range(0, n, HASH_BATCH):
+        chunk = column.slice(lo, HASH_BATCH).to_pylist()
+        decoded = [(lo + i, _decode(b, cfg)) for i, b in enumerate(chunk) if b is not None]
+        rows = [i for i, img in decoded if img is not None]
         if rows:
-            phash[rows], dhash[rows] = hash_images(images, cfg)
+            phash[rows], dhash[rows] = hash_images([img for _, img in decoded if img is not None], cfg)
             valid[rows] = True
     table = set_column(table, COL.PHASH, pa.array(phash, pa.uint64(), mask=~valid))
     return set_column(table, COL.DHASH, pa.array(dhash, pa.uint64(), mask=~valid))

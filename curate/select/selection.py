@@ -27,6 +27,7 @@ def select(ledger: pa.Table, drops: pa.Table | None, cfg: RunConfig) -> tuple[pa
     stats: dict = {"input_rows": table.num_rows}
     table = apply_drops(table, drops)
     table = clip_filter(table, cfg)
+    stats["clip_threshold"] = effective_threshold(table, cfg)
     table, stats["concepts"] = concept_balance(table, cfg)
     table = lang_balance(table, cfg)
     table = assign_shards(table, cfg)
@@ -90,6 +91,18 @@ def clip_filter(table: pa.Table, cfg: RunConfig) -> pa.Table:
         drop[order[k:]] = True
         table = mark(table, drop, Status.LOW_CLIP_SCORE, "top_fraction")
     return table
+
+
+def effective_threshold(table: pa.Table, cfg: RunConfig) -> float | None:
+    """The CLIP score the filter really applied: the configured threshold, or with keep_top_fraction the
+    lowest score that survived it (what the report draws); None when no filter is on."""
+    if cfg.clip.threshold is None and cfg.clip.keep_top_fraction is None:
+        return None
+    survivors = table[COL.CLIP_SCORE].filter(pa.array(_ok(table)))
+    low = pc.min(survivors).as_py() if len(survivors) else None
+    if cfg.clip.keep_top_fraction is None:
+        return cfg.clip.threshold
+    return low if cfg.clip.threshold is None or low is None else max(low, cfg.clip.threshold)
 
 
 def concept_balance(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, dict]:

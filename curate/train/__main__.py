@@ -35,7 +35,9 @@ def parse_args(argv=None) -> tuple[str | None, dict]:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # our progress lines at INFO; libraries (open_clip logs each factory step at INFO) only from WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("curate.train").setLevel(logging.INFO)
     path, overrides = parse_args(argv)
     try:
         cfg = load_train_config(path, overrides)
@@ -48,8 +50,11 @@ def main(argv=None) -> int:
         return 0
     from curate.train.trainer import train
     summary = train(cfg)
-    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+    import torch.distributed as dist
+    if not dist.is_initialized() or dist.get_rank() == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

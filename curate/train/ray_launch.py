@@ -32,4 +32,4 @@ def launch(cfg: TrainConfig) -> dict:
         run_config=RunConfig(storage_path=os.path.abspath(os.path.join(cfg.output, "ray"))),
     )
     result = trainer.fit()
-    return dict(result.metrics or {})
+    return {"output": cfg.output, **(result.metrics or {})}

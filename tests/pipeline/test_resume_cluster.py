@@ -90,7 +90,8 @@ def test_ray_job_submit_on_a_started_head(corpus):
     _, inp, rows, tmp = corpus
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dash = _free_port(), _free_port()
-    env = _env()
+    # a throwaway cluster bound to 127.0.0.1: Ray's token auth would need a token shared by head and client
+    env = {**_env(), "RAY_AUTH_MODE": "disabled"}
     subprocess.run([str(VENV_BIN / "ray"), "start", "--head", "--port", str(port), "--num-cpus", "2",
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats",
                     "--temp-dir", temp_dir, "--include-dashboard", "true"],
@@ -100,7 +101,11 @@ def test_ray_job_submit_on_a_started_head(corpus):
         cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
                "--working-dir", str(REPO), "--", *[a if a != sys.executable else "python"
                                                    for a in _cli(inp, out)]]
-        res = subprocess.run(cmd, env=env, cwd=REPO, timeout=400, capture_output=True, text=True)
+        for _ in range(20):  # the head's job agent comes up some seconds after `ray start` returns
+            res = subprocess.run(cmd, env=env, cwd=REPO, timeout=400, capture_output=True, text=True)
+            if "No available agent" not in res.stdout + res.stderr:
+                break
+            time.sleep(3)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert "connected to Ray cluster" in res.stdout + res.stderr
         manifest = json.loads((out / "manifest.json").read_text())
