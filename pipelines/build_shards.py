@@ -68,8 +68,9 @@ def prepare_output(cfg: RunConfig) -> None:
 
 def check_dependencies(cfg: RunConfig) -> None:
     """Fails now, not hours later on a worker: backends and models the run needs must load."""
-    if cfg.language.enabled and cfg.language.backend == "lingua":
-        import lingua  # noqa: F401
+    if cfg.language.enabled:
+        from curate.language import check_backend
+        check_backend(cfg.language)
     if cfg.clip.enabled:
         from curate.clip.model import load_clip
         load_clip(cfg.clip.model, cfg.clip.pretrained, "cpu")

@@ -93,7 +93,6 @@ def calibrate(ckpt: Path, n: int = 600, seed: int = 999) -> dict:
 def _save_half(src: Path, dst: Path) -> None:
     """fp16 copy of the weights: half the size in the repository; open_clip casts them back on load."""
     from safetensors.torch import load_file, save_file
-    import torch
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}
     save_file(sd, str(dst))
 

@@ -318,39 +318,23 @@ def test_empty_file_gives_no_unit(tmp_path):
     assert [f["rows"] for f in load_plan(str(tmp_path / "out"))["files"]] == [0, 1]
 
 
-def test_s3_inputs_on_moto_server(monkeypatch):
-    import socket
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-        s3.create_bucket(Bucket="bkt")
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(ROWS[:3]), buf)
-        s3.put_object(Bucket="bkt", Key="lists/a.parquet", Body=buf.getvalue())
-        s3.put_object(Bucket="bkt", Key="lists/sub/b.jsonl.gz",
-                      Body=gzip.compress("".join(json.dumps(r) + "\n" for r in ROWS[3:]).encode()))
-        s3.put_object(Bucket="bkt", Key="lists/readme.md", Body=b"x")
-        assert resolve_inputs(["s3://bkt/lists"]) == ["s3://bkt/lists/a.parquet", "s3://bkt/lists/sub/b.jsonl.gz"]
-        assert resolve_inputs(["s3://bkt/lists/*.parquet"]) == ["s3://bkt/lists/a.parquet"]
-        units = plan_units(cfg("s3://bkt/lists", unit_size=2), "s3://bkt/run")
-        assert [(u.source_file, u.num_rows) for u in units] == [
-            ("s3://bkt/lists/a.parquet", 2), ("s3://bkt/lists/a.parquet", 1), ("s3://bkt/lists/sub/b.jsonl.gz", 2)]
-        t = read_all("s3://bkt/run", units)
-        assert t[COL.URL].to_pylist() == [r["url"] for r in ROWS]
-        assert t[COL.DUP_URL].to_pylist()[-1] is True
-        assert plan_units(cfg("s3://bkt/lists", unit_size=2), "s3://bkt/run") == units  # resume on S3
-    finally:
-        server.stop()
+def test_s3_inputs_on_moto_server(moto_s3):
+    s3 = moto_s3
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(ROWS[:3]), buf)
+    s3.put_object(Bucket="bkt", Key="lists/a.parquet", Body=buf.getvalue())
+    s3.put_object(Bucket="bkt", Key="lists/sub/b.jsonl.gz",
+                  Body=gzip.compress("".join(json.dumps(r) + "\n" for r in ROWS[3:]).encode()))
+    s3.put_object(Bucket="bkt", Key="lists/readme.md", Body=b"x")
+    assert resolve_inputs(["s3://bkt/lists"]) == ["s3://bkt/lists/a.parquet", "s3://bkt/lists/sub/b.jsonl.gz"]
+    assert resolve_inputs(["s3://bkt/lists/*.parquet"]) == ["s3://bkt/lists/a.parquet"]
+    units = plan_units(cfg("s3://bkt/lists", unit_size=2), "s3://bkt/run")
+    assert [(u.source_file, u.num_rows) for u in units] == [
+        ("s3://bkt/lists/a.parquet", 2), ("s3://bkt/lists/a.parquet", 1), ("s3://bkt/lists/sub/b.jsonl.gz", 2)]
+    t = read_all("s3://bkt/run", units)
+    assert t[COL.URL].to_pylist() == [r["url"] for r in ROWS]
+    assert t[COL.DUP_URL].to_pylist()[-1] is True
+    assert plan_units(cfg("s3://bkt/lists", unit_size=2), "s3://bkt/run") == units  # resume on S3
 
 
 def test_tsv_stray_quote_does_not_swallow_rows(tmp_path):

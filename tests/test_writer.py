@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -225,39 +224,21 @@ def test_fast_tar_matches_tarfile_bytes_and_scan():
     assert scan_ustar(memoryview(pax.getvalue())) is None  # long names: tarfile's job
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_s3_output_on_moto_server(tmp_path, monkeypatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-        s3.create_bucket(Bucket="bkt")
-        out = "s3://bkt/run1"
-        ledger, inputs = make_stage_run(out, 40, 20)
-        cfg = _cfg(out, vocab=str(_vocab(tmp_path)))
-        manifest = write_outputs(out, select(ledger, None, cfg)[0], cfg, inputs)
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="bkt", Prefix="run1/")["Contents"]}
-        assert {"run1/manifest.json", "run1/shards/sizes.json", "run1/shards/00000.tar",
-                "run1/metadata/samples/part-00000.parquet", "run1/metadata/ledger/part-000001.parquet"} <= keys
-        body = s3.get_object(Bucket="bkt", Key="run1/shards/00000.tar")["Body"].read()
-        assert hashlib.sha256(body).hexdigest() == manifest["shards"][0]["sha256"]
-        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-            n_img = sum(m.name.endswith((".jpg", ".png")) for m in tar.getmembers())
-        assert n_img == manifest["shards"][0]["count"]
-        assert not [k for k in keys if ".tmp-" in k]
-    finally:
-        server.stop()
+def test_s3_output_on_moto_server(tmp_path, moto_s3):
+    s3 = moto_s3
+    out = "s3://bkt/run1"
+    ledger, inputs = make_stage_run(out, 40, 20)
+    cfg = _cfg(out, vocab=str(_vocab(tmp_path)))
+    manifest = write_outputs(out, select(ledger, None, cfg)[0], cfg, inputs)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="bkt", Prefix="run1/")["Contents"]}
+    assert {"run1/manifest.json", "run1/shards/sizes.json", "run1/shards/00000.tar",
+            "run1/metadata/samples/part-00000.parquet", "run1/metadata/ledger/part-000001.parquet"} <= keys
+    body = s3.get_object(Bucket="bkt", Key="run1/shards/00000.tar")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == manifest["shards"][0]["sha256"]
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        n_img = sum(m.name.endswith((".jpg", ".png")) for m in tar.getmembers())
+    assert n_img == manifest["shards"][0]["count"]
+    assert not [k for k in keys if ".tmp-" in k]
 
 
 # open_clip_train 3.3 + webdataset >= 0.2.96 crash with KeyError 'fname' (open_clip issue 935): the

@@ -275,7 +275,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 def make_loader(spec: StreamSpec, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over ready batches (batch_size=None); the workers keep their streams across epochs."""
     spec.num_workers = max(1, workers)
-    kwargs = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
+    kwargs = {"prefetch_factor": 2} if workers > 0 else {}
     return torch.utils.data.DataLoader(ShardStream(spec), batch_size=None, num_workers=workers,
                                        pin_memory=pin_memory, **kwargs)
 

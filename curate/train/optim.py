@@ -18,8 +18,9 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
         {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": weight_decay},
         {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
     ]
-    fused = all(p.is_cuda for _, p in named)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    # the fused kernel (CUDA, and CPU since torch 2.4) is one pass over each tensor instead of ~10 ops;
+    # ~20% of a CPU step for a tiny model whose 49k-token embedding dominates the parameters
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, end_lr: float = 0.0) -> float:

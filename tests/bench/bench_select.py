@@ -66,7 +66,6 @@ def bench_pipeline(args) -> dict:
     """Load stage ledgers, select, write; wall times per step, peak RSS, images/s."""
     import pyarrow.parquet as pq
     from curate.config import BalanceConfig, ClipConfig, RunConfig, ShardConfig
-    from curate.schema import COL
     from curate.select import select
     from curate.writer import write_outputs
 

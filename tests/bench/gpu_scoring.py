@@ -13,7 +13,6 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 
 from tests.bench.bench_scoring import make_inputs
 from tests.bench.common import versions, write_result
