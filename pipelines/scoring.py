@@ -16,7 +16,7 @@ from curate.config import ClipConfig
 from curate.schema import COL, Status, ledger_schema
 
 ROW = "clip_row"  # transient: position of a row among its unit's ok rows, to write scores in ledger order
-CPU_SHARE_FOR_ACTORS = 0.75  # on a CPU-only cluster the model takes most cores; decoding is ~2% of the work
+MAX_CPU_ACTORS = 8  # on a CPU-only cluster: one single-threaded actor per core up to this, then wider actors
 
 
 def _ok_uids(output: str, unit_id: int) -> pa.Array:
@@ -60,8 +60,11 @@ def actor_options(cfg: ClipConfig) -> dict:
         return {"concurrency": cfg.num_actors or gpus, "num_gpus": 1}
     if cfg.device == "cuda":
         raise RuntimeError("clip.device is cuda but the Ray cluster has no GPU (use auto or cpu)")
-    n = cfg.num_actors or 1
-    cpus = max(1, int(res.get("CPU", 1) * CPU_SHARE_FOR_ACTORS) // n)
+    # The scoring pass runs after the downloads, so it may take every core; decoding (~2% of the work)
+    # is then fused into the actors by Ray Data. Several narrow actors beat one wide one on small batches.
+    cpu = max(1, int(res.get("CPU", 1)))
+    n = cfg.num_actors or min(MAX_CPU_ACTORS, cpu)
+    cpus = max(1, cpu // n)
     print(f"clip scoring: no GPU in the Ray cluster; {n} CPU actor(s) x {cpus} CPU(s), fp32", file=sys.stderr)
     return {"concurrency": n, "num_cpus": cpus}
 

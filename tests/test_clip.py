@@ -214,7 +214,7 @@ def test_score_units_through_ray(tiny, tmp_path, ray_local):
 
 def test_cpu_actor_fallback_says_so(ray_local, capsys):
     from pipelines.scoring import actor_options
-    assert actor_options(ClipConfig()) == {"concurrency": 1, "num_cpus": 1}  # 2 CPUs, no GPU
+    assert actor_options(ClipConfig()) == {"concurrency": 2, "num_cpus": 1}  # 2 CPUs, no GPU: one actor a core
     assert "no GPU in the Ray cluster" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="clip.device is cuda but the Ray cluster has no GPU"):
         actor_options(ClipConfig(device="cuda"))
