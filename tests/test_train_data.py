@@ -178,28 +178,12 @@ def test_start_batch_replays_the_same_stream(run_dir):
         assert torch.equal(got["images"], expected["images"])
 
 
-def test_shards_on_s3_moto_server(monkeypatch, run_dir):
-    import socket
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-        s3.create_bucket(Bucket="bkt")
-        for f in sorted((run_dir / "shards").iterdir()):
-            s3.put_object(Bucket="bkt", Key=f"out/shards/{f.name}", Body=f.read_bytes())
-        urls, n = resolve_shards("s3://bkt/out")  # a run output folder on S3, via its sizes.json
-        assert n == 40 and urls[0] == "s3://bkt/out/shards/00000.tar"
-        urls, n = resolve_shards("s3://bkt/out/shards/{00002..00003}.tar")
-        assert n == 20
-        assert sorted(_captions(_spec(urls, batch_size=5))) == sorted(f"caption {i}" for i in range(20, 40))
-    finally:
-        server.stop()
+def test_shards_on_s3_moto_server(moto_s3, run_dir):
+    s3 = moto_s3
+    for f in sorted((run_dir / "shards").iterdir()):
+        s3.put_object(Bucket="bkt", Key=f"out/shards/{f.name}", Body=f.read_bytes())
+    urls, n = resolve_shards("s3://bkt/out")  # a run output folder on S3, via its sizes.json
+    assert n == 40 and urls[0] == "s3://bkt/out/shards/00000.tar"
+    urls, n = resolve_shards("s3://bkt/out/shards/{00002..00003}.tar")
+    assert n == 20
+    assert sorted(_captions(_spec(urls, batch_size=5))) == sorted(f"caption {i}" for i in range(20, 40))
