@@ -80,6 +80,12 @@ def read_unit_images(output: str, unit_id: int) -> dict[str, bytes]:
     return images
 
 
+def write_scores(output: str, unit_id: int, scores: pa.Table) -> None:
+    """stage/<unit>.scores.parquet (uid, clip_score, clip_model, clip_pretrained), atomically."""
+    fs, out = fsutil.get_fs(output)
+    fsutil.atomic_write(fs, unit_paths(out, unit_id)["scores"], parquet_bytes(scores))
+
+
 def invalidate_scores(output: str, unit_id: int) -> None:
     """Removes a unit's scores/embeddings so the scoring pass redoes them (after a retry changed the unit)."""
     fs, out = fsutil.get_fs(output)

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import stage_io
-from curate.config import RunConfig
+from curate.config import ClipConfig, RunConfig
 from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, set_column, set_status
 
 
@@ -44,6 +45,28 @@ def _fetch_and_hash(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, dict]:
     return table, stats
 
 
+@lru_cache(maxsize=1)
+def _clip_stages(clip: ClipConfig):
+    """The CLIP preprocess and scorer, loaded once per worker process (ClipConfig is frozen, so hashable)."""
+    from curate.clip.scorer import ClipPreprocess, ClipScorer
+    return ClipPreprocess(clip), ClipScorer(clip)
+
+
+def _score_in_unit(table: pa.Table, unit_id: int, cfg: RunConfig) -> dict:
+    """Scores the unit's ok rows in this task (CPU-only clusters) and writes its scores file, so the
+    scoring pass skips it: no second read and decode of the stage tar, and the model's CPU work overlaps
+    the other units' network waits. Returns timing stats."""
+    t0 = time.time()
+    rows = table.filter(ok_mask(table)).select([COL.UID, COL.IMAGE, COL.CAPTION_CLEAN])
+    preprocess, scorer = _clip_stages(cfg.clip)
+    scored = scorer(preprocess(rows)) if rows.num_rows else rows.append_column(
+        COL.CLIP_SCORE, pa.array([], pa.float32()))
+    cols = {c: scored[c] if c in scored.column_names else pa.nulls(scored.num_rows, pa.string())
+            for c in (COL.UID, COL.CLIP_SCORE, COL.CLIP_MODEL, COL.CLIP_PRETRAINED)}
+    stage_io.write_scores(cfg.output, unit_id, pa.table(cols))
+    return {"clip_scored": rows.num_rows, "clip_seconds": round(time.time() - t0, 3)}
+
+
 def _finish(table: pa.Table, unit_id: int, output: str, stats: dict, t0: float) -> dict:
     images = _images_of(table)
     ledger = table.drop_columns([c for c in TRANSIENT if c in table.column_names])
@@ -55,10 +78,11 @@ def _finish(table: pa.Table, unit_id: int, output: str, stats: dict, t0: float) 
     return stats
 
 
-def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) -> dict:
+def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, score: bool = False) -> dict:
     """Runs phase A on one unit and writes stage/<unit>.{tar,parquet,_stats.json}; returns its stats.
 
-    extra_stats (e.g. the worker's node id) is recorded in the unit's stats file.
+    extra_stats (e.g. the worker's node id) is recorded in the unit's stats file. score=True also writes
+    the unit's CLIP scores here (the driver asks for it on CPU-only clusters, see clip.cpu_in_units).
     """
     from curate.reader import read_unit
     from curate.language import prefilter
@@ -68,6 +92,8 @@ def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) 
     table = prefilter(table, cfg.text, cfg.language)
     table = _prefetch_duplicates(table, cfg)
     table, stats = _fetch_and_hash(table, cfg)
+    if score:
+        stats.update(_score_in_unit(table, unit_id, cfg))  # before the ledger: the unit is done only after
     return _finish(table, unit_id, cfg.output, {**stats, **(extra_stats or {})}, t0)
 
 

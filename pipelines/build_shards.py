@@ -105,9 +105,22 @@ def _process_unit_task(args):
     import ray
 
     from curate.unit import process_unit, retry_unit
-    unit_id, cfg, retry = args
+    unit_id, cfg, retry, score = args
     extra = {"node_id": ray.get_runtime_context().get_node_id()} if ray.is_initialized() else {}
-    return retry_unit(unit_id, cfg, extra) if retry else process_unit(unit_id, cfg, extra)
+    return retry_unit(unit_id, cfg, extra) if retry else process_unit(unit_id, cfg, extra, score=score)
+
+
+def score_in_units(cfg: RunConfig) -> bool:
+    """True when CLIP scores are computed inside the download tasks: a CPU-only cluster (a GPU cluster
+    scores in the Ray Data actor pool) and no embeddings asked for (those come from the scoring pass)."""
+    import ray
+
+    if not (cfg.clip.enabled and cfg.clip.cpu_in_units) or cfg.clip.save_embeddings or cfg.clip.device == "cuda":
+        return False
+    if ray.cluster_resources().get("GPU", 0) and cfg.clip.device != "cpu":
+        return False
+    print("clip scoring: no GPU in the Ray cluster; scoring on CPU inside the download tasks", file=sys.stderr)
+    return True
 
 
 def phase_a(cfg: RunConfig, units: list) -> None:
@@ -119,9 +132,10 @@ def phase_a(cfg: RunConfig, units: list) -> None:
     retry = [u for u in units if u not in todo] if cfg.download.retry_failed else []
     print(f"phase A: {len(units)} units, {len(units) - len(todo)} already complete, {len(todo)} to fetch"
           + (f", {len(retry)} to re-check for retryable failures" if retry else ""), file=sys.stderr)
-    jobs = [(u.unit_id, cfg, False) for u in todo] + [(u.unit_id, cfg, True) for u in retry]
-    if not jobs:
+    if not todo and not retry:
         return
+    score = bool(todo) and score_in_units(cfg)
+    jobs = [(u.unit_id, cfg, False, score) for u in todo] + [(u.unit_id, cfg, True, False) for u in retry]
     rows = {u.unit_id: u.num_rows for u in units}
     prog = Progress("download", len(jobs), sum(rows[j[0]] for j in jobs), enabled=cfg.progress)
 

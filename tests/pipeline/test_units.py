@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
 from curate import stage_io
@@ -71,3 +72,33 @@ def test_retry_failed_refetches_only_retryable_rows(tmp_path):
                 assert a == b
         assert len(stage_io.read_unit_images(cfg.output, unit.unit_id)) == n_images + len(failed)
         assert retry_unit(unit.unit_id, cfg) is None  # nothing retryable is left
+
+
+def test_scores_written_inside_the_unit_match_the_scorer(tmp_path):
+    import json
+
+    import numpy as np
+
+    from curate.clip.scorer import score_table
+    from tests.pipeline.helpers import TINY_CLIP
+
+    model = tmp_path / "tiny.json"
+    model.write_text(json.dumps(TINY_CLIP))
+    with CorpusServer() as srv:
+        rows, files = make_corpus(30, 5, srv.base_url)
+        srv.set_files(files)
+        inp = tmp_path / "urls.parquet"
+        pq.write_table(pa.table({"url": [r.url for r in rows], "caption": [r.caption for r in rows]}), inp)
+        cfg = _cfg(inp, tmp_path / "out", **{"clip.enabled": True, "clip.model": str(model)})
+        (unit,) = plan_units(cfg.input, cfg.output)
+        stats = process_unit(unit.unit_id, cfg, score=True)
+    ledger = stage_io.read_unit_ledger(cfg.output, unit.unit_id)
+    ok = ledger.filter(pa.compute.equal(ledger[COL.STATUS], "ok"))
+    scores = pq.read_table(stage_io.unit_paths(cfg.output, unit.unit_id)["scores"])
+    assert stats["clip_scored"] == ok.num_rows == scores.num_rows > 0
+    assert scores[COL.UID].to_pylist() == ok[COL.UID].to_pylist()  # ledger order
+    images = stage_io.read_unit_images(cfg.output, unit.unit_id)
+    direct = score_table(pa.table({COL.UID: ok[COL.UID], COL.IMAGE: [images[u] for u in ok[COL.UID].to_pylist()],
+                                   COL.CAPTION_CLEAN: ok[COL.CAPTION_CLEAN]}), cfg.clip)
+    np.testing.assert_allclose(scores[COL.CLIP_SCORE].to_numpy(), direct[COL.CLIP_SCORE].to_numpy(), atol=1e-5)
+    assert set(scores[COL.CLIP_MODEL].to_pylist()) == {str(model)}
