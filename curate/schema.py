@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -100,29 +101,48 @@ def ok_mask(table: pa.Table) -> pa.ChunkedArray:
     return pc.equal(table[COL.STATUS], Status.OK)
 
 
+def _mask_array(mask, n: int) -> np.ndarray:
+    """A boolean numpy mask (nulls false) from a list, numpy array or (chunked) Arrow array."""
+    if isinstance(mask, (pa.Array, pa.ChunkedArray)):
+        return pc.fill_null(mask, False).to_numpy(zero_copy_only=False).astype(bool)
+    out = np.asarray([bool(v) if v is not None else False for v in mask] if isinstance(mask, (list, tuple))
+                     else mask, dtype=bool)
+    if out.shape != (n,):
+        raise ValueError(f"set_status: mask has shape {out.shape}, table has {n} rows")
+    return out
+
+
+def _per_row(value, m: np.ndarray, convert) -> pa.Array:
+    """A string array that holds convert(value[i]) (or convert(value)) where m, null elsewhere."""
+    if not isinstance(value, (list, tuple)):
+        one = convert(value)
+        return pa.array(np.where(m, one, None) if one is not None else [None] * len(m), pa.string())
+    out = np.full(len(m), None, dtype=object)
+    for i in np.flatnonzero(m):
+        out[i] = convert(value[i])
+    return pa.array(out, pa.string())
+
+
 def set_status(table: pa.Table, mask, status: str, detail=None, message=None) -> pa.Table:
     """Sets status/reason (and error_message) where mask is true and the row is still ok.
 
-    detail / message may be a scalar or a per-row sequence (None entries allowed).
-    Rows already dropped keep their first reason: a row is dropped once.
+    detail / message may be a scalar or a per-row sequence (None entries allowed). Rows already
+    dropped keep their first reason: a row is dropped once. Kept rows carry no reason.
     """
     n = table.num_rows
-    mask = pc.and_(pc.fill_null(pa.chunked_array([mask]) if not isinstance(mask, pa.ChunkedArray) else mask, False),
-                   ok_mask(table))
-    m = mask.to_numpy(zero_copy_only=False)
-    details = detail if isinstance(detail, (list, tuple)) else [detail] * n
-    messages = message if isinstance(message, (list, tuple)) else [message] * n
-    st = table[COL.STATUS].to_pylist()
-    rs = table[COL.REASON].to_pylist() if COL.REASON in table.column_names else [None] * n
-    em = table[COL.ERROR_MESSAGE].to_pylist() if COL.ERROR_MESSAGE in table.column_names else [None] * n
-    for i in m.nonzero()[0]:
-        st[i] = status
-        rs[i] = reason(status, details[i])
-        if messages[i] is not None:
-            em[i] = cap_message(messages[i])
-    table = set_column(table, COL.STATUS, pa.array(st, pa.string()))
-    table = set_column(table, COL.REASON, pa.array(rs, pa.string()))
-    return set_column(table, COL.ERROR_MESSAGE, pa.array(em, pa.string()))
+    m = _mask_array(mask, n) & ok_mask(table).to_numpy(zero_copy_only=False).astype(bool)
+    old = {c: table[c] if c in table.column_names else pa.nulls(n, pa.string())
+           for c in (COL.REASON, COL.ERROR_MESSAGE)}
+    if m.any():
+        where = pa.array(m)
+        table = set_column(table, COL.STATUS, pc.if_else(where, pa.scalar(status), table[COL.STATUS]))
+        new_reason = _per_row(detail, m, lambda d: None if status == Status.KEPT else reason(status, d))
+        old[COL.REASON] = pc.if_else(where, new_reason, old[COL.REASON])
+        if message is not None:
+            msg = _per_row(message, m, cap_message)
+            old[COL.ERROR_MESSAGE] = pc.if_else(pc.is_valid(msg), msg, old[COL.ERROR_MESSAGE])
+    table = set_column(table, COL.REASON, old[COL.REASON])
+    return set_column(table, COL.ERROR_MESSAGE, old[COL.ERROR_MESSAGE])
 
 
 def set_column(table: pa.Table, name: str, values) -> pa.Table:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.config import RunConfig
-from curate.schema import COL, STATUSES, SchemaError, Status, conform, reason
+from curate.schema import COL, STATUSES, SchemaError, Status, conform, set_status
 from curate.select import balance
 
 SHARD_DIGITS = 5  # shards/00000.tar: img2dataset's minimum shard-id width
@@ -43,15 +43,7 @@ def _ok(table: pa.Table) -> np.ndarray:
 
 def mark(table: pa.Table, mask: np.ndarray, status: str, detail: str | None = None) -> pa.Table:
     """Sets status/reason where `mask` holds and the row is still ok; a dropped row keeps its first reason."""
-    mask = np.asarray(mask, dtype=bool) & _ok(table)
-    if not mask.any():
-        return table
-    m = pa.array(mask)
-    st = pc.if_else(m, pa.scalar(status), table[COL.STATUS])
-    rs = pc.if_else(m, pa.scalar(reason(status, detail) if status != Status.KEPT else None, pa.string()),
-                    table[COL.REASON])
-    table = table.set_column(table.schema.get_field_index(COL.STATUS), COL.STATUS, st)
-    return table.set_column(table.schema.get_field_index(COL.REASON), COL.REASON, rs)
+    return set_status(table, np.asarray(mask, dtype=bool), status, detail)
 
 
 def apply_drops(table: pa.Table, drops: pa.Table | None) -> pa.Table:
