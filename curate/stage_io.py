@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import fsutil
-from curate.schema import conform
+from curate.schema import COL, conform, ledger_schema
 
 STAGE_DIR = "stage"
 
@@ -80,10 +80,18 @@ def read_unit_images(output: str, unit_id: int) -> dict[str, bytes]:
     return images
 
 
-def write_scores(output: str, unit_id: int, scores: pa.Table) -> None:
-    """stage/<unit>.scores.parquet (uid, clip_score, clip_model, clip_pretrained), atomically."""
+SCORE_COLUMNS = (COL.UID, COL.CLIP_SCORE, COL.CLIP_MODEL, COL.CLIP_PRETRAINED)
+
+
+def write_scores(output: str, unit_id: int, rows: pa.Table) -> None:
+    """stage/<unit>.scores.parquet: the score columns of `rows` (ledger order), typed as the ledger says
+    (a column `rows` lacks, e.g. in an empty unit, is null), written atomically."""
+    led = ledger_schema()
+    cols = {c: rows[c].cast(led.field(c).type) if c in rows.column_names else pa.nulls(rows.num_rows,
+                                                                                       led.field(c).type)
+            for c in SCORE_COLUMNS}
     fs, out = fsutil.get_fs(output)
-    fsutil.atomic_write(fs, unit_paths(out, unit_id)["scores"], parquet_bytes(scores))
+    fsutil.atomic_write(fs, unit_paths(out, unit_id)["scores"], parquet_bytes(pa.table(cols)))
 
 
 def invalidate_scores(output: str, unit_id: int) -> None:

@@ -59,11 +59,7 @@ def _score_in_unit(table: pa.Table, unit_id: int, cfg: RunConfig) -> dict:
     t0 = time.time()
     rows = table.filter(ok_mask(table)).select([COL.UID, COL.IMAGE, COL.CAPTION_CLEAN])
     preprocess, scorer = _clip_stages(cfg.clip)
-    scored = scorer(preprocess(rows)) if rows.num_rows else rows.append_column(
-        COL.CLIP_SCORE, pa.array([], pa.float32()))
-    cols = {c: scored[c] if c in scored.column_names else pa.nulls(scored.num_rows, pa.string())
-            for c in (COL.UID, COL.CLIP_SCORE, COL.CLIP_MODEL, COL.CLIP_PRETRAINED)}
-    stage_io.write_scores(cfg.output, unit_id, pa.table(cols))
+    stage_io.write_scores(cfg.output, unit_id, scorer(preprocess(rows)) if rows.num_rows else rows)
     return {"clip_scored": rows.num_rows, "clip_seconds": round(time.time() - t0, 3)}
 
 

@@ -13,7 +13,7 @@ import ray
 from curate import fsutil, stage_io
 from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipPreprocess, ClipScorer
 from curate.config import ClipConfig
-from curate.schema import COL, Status, ledger_schema
+from curate.schema import COL, Status
 
 ROW = "clip_row"  # transient: position of a row among its unit's ok rows, to write scores in ledger order
 MAX_CPU_ACTORS = 8  # on a CPU-only cluster: one single-threaded actor per core up to this, then wider actors
@@ -69,12 +69,6 @@ def actor_options(cfg: ClipConfig) -> dict:
     return {"concurrency": n, "num_cpus": cpus}
 
 
-def _scores_table(rows: pa.Table) -> pa.Table:
-    led = ledger_schema()
-    cols = (COL.UID, COL.CLIP_SCORE, COL.CLIP_MODEL, COL.CLIP_PRETRAINED)
-    return pa.table({c: rows[c].cast(led.field(c).type) for c in cols})
-
-
 def write_unit_scores(output: str, unit_id: int, rows: pa.Table, cfg: ClipConfig) -> None:
     """stage/NNNNNN.scores.parquet (+ .emb.parquet) for one unit, each atomically, rows in ledger order."""
     fs, out = fsutil.get_fs(output)
@@ -85,7 +79,7 @@ def write_unit_scores(output: str, unit_id: int, rows: pa.Table, cfg: ClipConfig
         emb = rows.select([COL.UID, IMAGE_EMB, TEXT_EMB]) if rows.num_rows else pa.table(
             {COL.UID: pa.array([], pa.string())})
         fsutil.atomic_write(fs, paths["embeddings"], stage_io.parquet_bytes(emb))
-    fsutil.atomic_write(fs, paths["scores"], stage_io.parquet_bytes(_scores_table(rows)))
+    stage_io.write_scores(output, unit_id, rows)
 
 
 def _empty_rows(cfg: ClipConfig) -> pa.Table:
