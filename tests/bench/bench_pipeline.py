@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
         "peak_rss_ratio": round(c["peak_rss_mb"] / max(i["peak_rss_mb"], 1e-9), 3),
         "versions": versions("img2dataset", "ray", "open_clip_torch", "torch", "pillow"),
         "notes": ("curate_pipeline = plan + prefilter (language off: captions are synthetic) + download/resize "
-                  "+ phash + CLIP scoring (tiny ViT, CPU, Ray Data actor) + dedup + selection + shard writing + "
+                  "+ phash + CLIP scoring (tiny ViT on CPU, inside the download tasks: clip.cpu_in_units) + dedup + selection + shard writing + "
                   "report; images_per_s counts images downloaded and processed (the URL list reuses "
                   f"{len(pool)} distinct images, so dedup writes only the distinct ones: see 'written'); "
                   "img2dataset = download + resize + webdataset write only; peak RSS summed over each "
