@@ -324,10 +324,21 @@ def read_file(path: str, cfg: InputConfig) -> Iterator[pa.Table]:
 
 # ---------------------------------------------------------------- uids, planning, units
 
-def make_uid(url, caption) -> str:
-    """Stable row id: 32 hex chars of blake2b-128 over url + NUL + caption (None counts as "")."""
+def make_uid(url, caption, where: str | None = None) -> str:
+    """Stable row id: 32 hex chars of blake2b-128 over url + NUL + caption (None counts as ""), and + NUL +
+    `where` (the row's file and index) for a repeat of an earlier row's URL: identical input rows must not
+    share a uid, and the first occurrence keeps the id that depends on content alone."""
     text = f"{'' if url is None else url}\x00{'' if caption is None else caption}"
+    if where is not None:
+        text += f"\x00{where}"
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _uids(src: pa.Table) -> pa.Array:
+    """make_uid per planned row; rows flagged dup_url are salted with their source file and row index."""
+    rows = zip(src[COL.URL].to_pylist(), src[COL.CAPTION].to_pylist(), src[COL.DUP_URL].to_pylist(),
+               src[COL.SOURCE_FILE].to_pylist(), src[COL.ROW_INDEX].to_pylist())
+    return pa.array([make_uid(u, c, f"{f}:{i}" if dup else None) for u, c, dup, f, i in rows], pa.string())
 
 
 def _h64(value: str) -> int:
@@ -458,10 +469,10 @@ def read_unit(output: str, unit_id: int) -> pa.Table:
     if not fsutil.exists(fs, path):
         raise InputError(f"unit {unit_id} has no input file {path}: plan the run first (plan_units)")
     src = pq.read_table(pa.BufferReader(fsutil.read_bytes(fs, path)))
-    urls, caps = src[COL.URL].to_pylist(), src[COL.CAPTION].to_pylist()
+    urls = src[COL.URL].to_pylist()
     n = len(urls)
     table = pa.table({
-        COL.UID: pa.array([make_uid(u, c) for u, c in zip(urls, caps)], pa.string()),
+        COL.UID: _uids(src),
         COL.UNIT_ID: pa.array([unit_id] * n, pa.int32()),
         COL.SOURCE_FILE: src[COL.SOURCE_FILE], COL.ROW_INDEX: src[COL.ROW_INDEX],
         COL.URL: src[COL.URL], COL.CAPTION: src[COL.CAPTION],

@@ -54,10 +54,18 @@ def dedup_drops(cfg: RunConfig, ledger: pa.Table) -> pa.Table | None:
     cols = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT]
     meta = ledger.filter(ok_mask(ledger)).select(cols)
     t0 = time.time()
-    drops = find_duplicates(meta, cfg.dedup)
+    spread = meta.num_rows >= cfg.dedup.spread_min and _nodes() > 1
+    drops = find_duplicates(meta, cfg.dedup, spread=spread)
     print(f"phase B: dedup over {meta.num_rows} images -> {drops.num_rows} dropped "
-          f"in {time.time() - t0:.1f} s", file=sys.stderr)
+          f"in {time.time() - t0:.1f} s{' (Ray Data job over the cluster)' if spread else ''}", file=sys.stderr)
     return drops
+
+
+def _nodes() -> int:
+    """Alive nodes of the connected Ray cluster (1 without Ray): only other nodes' CPUs make spreading pay."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive")) if ray.is_initialized() else 1
 
 
 def plan_inputs(output: str) -> list[dict]:

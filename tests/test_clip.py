@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 
@@ -17,7 +18,17 @@ from safetensors.torch import save_file
 
 from curate import stage_io
 from curate.clip.model import ClipLoadError, hub_reachable, load_clip
-from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipPreprocess, ClipScorer, score_table
+from curate.clip.scorer import (
+    IMAGE_EMB,
+    TEXT_EMB,
+    ClipPreprocess,
+    ClipScorer,
+    _text_fast,
+    _vit_fast,
+    encode_image,
+    length_buckets,
+    score_table,
+)
 from curate.config import ClipConfig
 from curate.schema import COL, Status
 from pipelines.scoring import read_scores, score_units
@@ -109,6 +120,70 @@ def test_draft_decode_only_changes_large_jpegs(tiny):
     assert fast[0] == pytest.approx(exact[0], abs=0.05)  # DCT downscale: close, not identical
     slow = score_table(_table([big], ["a"]), ClipConfig(**base, draft_decode=False))[COL.CLIP_SCORE].to_numpy()
     assert slow[0] == pytest.approx(exact[0], abs=1e-4)
+
+
+def _token_rows(tok):
+    """Captions of every length from empty to beyond the context, shuffled so buckets reorder rows."""
+    caps = [" ".join(["bird"] * k) for k in (0, 1, 2, 3, 5, 8, 13, 30)] + [LONG, "a cat", "two dogs!"]
+    return tok([caps[i] for i in np.random.default_rng(0).permutation(len(caps))])
+
+
+def _scorer_for(model, cfg_path):
+    scorer = ClipScorer(ClipConfig(model=str(cfg_path), device="cpu"))
+    scorer.model = model  # the model under test, with the scorer's text bucketing and image path
+    return scorer
+
+
+def _check_towers(model, tok, scorer, fast: bool):
+    """The stage's image and text embeddings equal open_clip's encode_image / encode_text."""
+    assert _vit_fast(model.visual) is fast and _text_fast(model) is fast
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    text = _token_rows(tok)
+    with torch.inference_mode():
+        np.testing.assert_allclose(encode_image(model, pixels), model.encode_image(pixels), atol=1e-5)
+        for overhead in (0, 4, float("inf")):  # one bucket per length ... one bucket for all
+            scorer.text_overhead = overhead
+            np.testing.assert_allclose(scorer._encode_text(text.numpy().astype(np.int32)),
+                                       model.encode_text(text), atol=1e-5)
+
+
+def test_fast_towers_equal_open_clip(tiny):
+    _check_towers(tiny[2], tiny[4], _scorer_for(tiny[2], tiny[0]), fast=True)
+
+
+def test_eos_pooled_text_is_exact(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["text_cfg"].update(pool_type="eos", eos_id=49407)  # open_clip's end-of-text token
+    path = _cfg_dir(tmp_path, "tiny-eos", cfg)
+    model, _, tok = load_clip(str(path))
+    assert model.text_pool_type == "eos"
+    _check_towers(model, tok, _scorer_for(model, path), fast=True)
+
+
+def test_non_standard_towers_fall_back_to_open_clip(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["vision_cfg"]["pool_type"] = "avg"  # pooled output reads every token: no class-token shortcut
+    cfg["text_cfg"]["qk_norm"] = True       # custom attention blocks: open_clip's own forward
+    path = _cfg_dir(tmp_path, "tiny-odd", cfg)
+    model, pre, tok = load_clip(str(path))
+    _check_towers(model, tok, _scorer_for(model, path), fast=False)
+    got = score_table(_table(IMAGES, CAPTIONS), ClipConfig(model=str(path), device="cpu"))[COL.CLIP_SCORE]
+    np.testing.assert_allclose(got.to_numpy(), _reference((None, None, model, pre, tok), IMAGES, CAPTIONS), atol=1e-4)
+
+
+def test_length_buckets_cover_rows_and_minimise_padding():
+    lengths = np.array([5, 77, 3, 3, 9, 5, 12, 3, 40, 9])
+    for overhead in (0, 8, 64, float("inf")):
+        groups = length_buckets(lengths, overhead)
+        assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))  # every row exactly once
+    assert len(length_buckets(lengths, float("inf"))) == 1
+    assert [sorted(set(lengths[g])) for g in length_buckets(lengths, 0)] == [[3], [5], [9], [12], [40], [77]]
+    cost = sum(len(g) * lengths[g].max() + 8 for g in length_buckets(lengths, 8))
+    sorted_lengths = np.sort(lengths)  # brute force over every split of the sorted rows
+    best = min(sum(len(c) * c.max() + 8 for c in np.split(sorted_lengths, list(cuts)))
+               for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k))
+    assert cost == best
+    assert length_buckets(np.array([], np.int64), 8) == []
 
 
 def test_random_init_is_reproducible(tiny):

@@ -11,8 +11,9 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from curate.config import DedupConfig
-from curate.dedup.cluster import BucketStats, find_duplicates, find_duplicates_ray, near_pairs
+from curate.dedup.cluster import SearchStats, find_duplicates, find_duplicates_ray, near_pairs
 from curate.dedup.hashing import add_hashes
+from curate.dedup.mih import cross_hits, plan
 from curate.schema import COL, Status
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "clock", "hubble_deep_field",
@@ -200,7 +201,7 @@ def _brute_components(h: np.ndarray, k: int) -> list[frozenset]:
 
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 12), n=st.integers(2, 300), narrow=st.booleans())
-def test_banded_clustering_equals_brute_force(seed, k, n, narrow):
+def test_multi_index_clustering_equals_brute_force(seed, k, n, narrow):
     rng = np.random.default_rng(seed)
     h = _planted(rng, n, n // 2 + 1, k)
     if narrow:  # few distinct bits: many shared buckets and exact repeats
@@ -222,14 +223,35 @@ def test_near_pairs_equal_brute_force_pairs():
         assert set(zip(a.tolist(), b.tolist())) == set(zip(i.tolist(), j.tolist()))
 
 
+@pytest.mark.parametrize("n_data,n_probe", [(2000, 30), (30, 2000)])  # both sides get indexed
+def test_cross_hits_equal_brute_force(n_data, n_probe):
+    rng = np.random.default_rng(n_data)
+    for k in (0, 2, 8):
+        data = np.unique(_planted(rng, n_data, n_data // 3 + 1, k))
+        probe = data[rng.integers(0, len(data), n_probe)] ^ (np.uint64(1) << rng.integers(0, 64, n_probe).astype(np.uint64))
+        want = np.flatnonzero((np.bitwise_count(data[:, None] ^ probe[None, :]) <= k).any(axis=1))
+        assert np.array_equal(cross_hits(data, probe, k), want)
+
+
+def test_plan_at_scale():
+    # the search the docs describe: 16M hashes at k=8 -> three 21/22-bit tables probed to radius 2
+    subs = plan(8, 16_000_000, 16_000_000)
+    assert [(s.width, s.radius) for s in subs] == [(22, 2), (21, 2), (21, 2)]
+    assert sum(s.radius + 1 for s in subs) >= 8 + 1  # the pigeonhole condition: no false negatives
+    for k in range(0, 32):
+        assert sum(s.radius + 1 for s in plan(k, 1000, 1000)) >= k + 1
+
+
 def test_giant_bucket_is_bounded_and_counted():
-    # 3000 distinct hashes that all share the low band; true neighbours only via the capped bucket
+    # 3000 hashes with only their low 20 bits set: whatever the split, most keys are shared by hundreds
     rng = np.random.default_rng(3)
-    h = (rng.integers(0, 2**40, 3000, dtype=np.uint64) << np.uint64(24))
-    stats = BucketStats()
+    h = rng.integers(0, 2**20, 3000, dtype=np.uint64)
+    stats = SearchStats()
     find_duplicates(_meta(h.tolist()), DedupConfig(k=2, max_bucket=50), stats)
     assert stats.giant_buckets >= 1
-    assert stats.compared <= 3 * 3000 * 50  # bands * n * max_bucket, not n^2
+    probes = sum(sub.probes() for sub in stats.tables)
+    assert 0 < stats.compared <= probes * 3000 * 50  # probes * n * max_bucket, not n^2
+    assert stats.compared < 3000 * 2999 // 2
 
 
 def test_representative_rule_and_reasons():

@@ -305,6 +305,16 @@ def test_dup_url_across_units_and_files_every_row_once(tmp_path):
     assert sum(expected) == 3 * 53 - 40 and len(set(t[COL.UID].to_pylist())) == 3 * 53
 
 
+def test_identical_rows_get_distinct_uids(tmp_path):
+    rows = [{"url": "http://a.com/x.jpg", "caption": "same"}] * 3 + [{"url": "http://a.com/y.jpg", "caption": "y"}]
+    src = write(tmp_path / "dups.jsonl", rows)
+    units = plan_units(cfg(src, unit_size=2), str(tmp_path / "out"))
+    uids = read_all(tmp_path / "out", units)[COL.UID].to_pylist()
+    assert len(set(uids)) == 4
+    assert uids[0] == make_uid("http://a.com/x.jpg", "same") and uids[3] == make_uid("http://a.com/y.jpg", "y")
+    assert uids[1] == make_uid("http://a.com/x.jpg", "same", f"{src}:1")  # deterministic: file and row
+
+
 def test_read_unit_missing(tmp_path):
     with pytest.raises(InputError, match="unit 3 has no input file"):
         read_unit(str(tmp_path), 3)

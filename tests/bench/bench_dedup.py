@@ -1,8 +1,8 @@
-"""Benchmark: batched hashing vs imagehash.phash per image, and banded clustering at 1M-16M hashes vs brute force."""
+"""Benchmark (dedup.json): batched hashing vs imagehash.phash per image (bench_hashing), and near-duplicate
+clustering at 1M-16M hashes vs brute force. --parts runs a subset and merges it into the existing dedup.json."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
@@ -11,71 +11,6 @@ import time
 import numpy as np
 
 from tests.bench.common import peak_rss_mb, versions, write_result
-
-
-def _images(n: int) -> list:
-    """n decoded ~256 px images: random crops and sizes of scikit-image's photos."""
-    import skimage.data
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    photos = [Image.fromarray(getattr(skimage.data, p)()).convert("RGB") for p in
-              ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")]
-    out = []
-    for i in range(n):
-        im = photos[i % len(photos)]
-        x, y = rng.integers(0, im.width // 4), rng.integers(0, im.height // 4)
-        crop = im.crop((x, y, x + im.width * 3 // 4, y + im.height * 3 // 4))
-        side = int(rng.integers(200, 257))
-        out.append(crop.resize((side, max(1, crop.height * side // crop.width))))
-    return out
-
-
-def bench_hashing(n: int) -> dict:
-    import imagehash
-    from PIL import Image
-
-    from curate.config import DedupConfig
-    from curate.dedup.hashing import add_hashes, hash_images
-    import pyarrow as pa
-
-    images = _images(n)
-    t = time.perf_counter()
-    ref = np.array([int(str(imagehash.phash(im)), 16) for im in images], np.uint64)
-    t_ref = time.perf_counter() - t
-    t = time.perf_counter()
-    [imagehash.dhash(im) for im in images]
-    t_ref_both = t_ref + time.perf_counter() - t
-    res = {"n_images": n, "imagehash_phash_images_per_s": round(n / t_ref, 1)}
-    configs = {"exact": DedupConfig(trim_borders=False), "exact_trim": DedupConfig(),
-               "fast": DedupConfig(trim_borders=False, fast_hash=True), "fast_trim": DedupConfig(fast_hash=True)}
-    for name, cfg in configs.items():
-        for both in (False, True):
-            t = time.perf_counter()
-            ours, _ = hash_images(images, cfg, dhash=both)
-            dt = time.perf_counter() - t
-            dist = np.bitwise_count(ours ^ ref)
-            key = f"{name}_phash_dhash" if both else f"{name}_phash_only"
-            res[key] = {"images_per_s": round(n / dt, 1),
-                        "ratio_vs_imagehash": round((t_ref_both if both else t_ref) / dt, 2),
-                        "agreement": round(float((dist == 0).mean()), 4),
-                        "mean_hamming": round(float(dist.mean()), 3), "max_hamming": int(dist.max())}
-    blobs = []
-    for im in images:
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=95)
-        blobs.append(buf.getvalue())
-    t = time.perf_counter()
-    [imagehash.phash(Image.open(io.BytesIO(b))) for b in blobs]
-    t_ref_bytes = time.perf_counter() - t
-    table = pa.table({"image": pa.array(blobs, pa.binary())})
-    for name, cfg in {"bytes_exact": DedupConfig(trim_borders=False), "bytes_fast": DedupConfig(fast_hash=True)}.items():
-        t = time.perf_counter()
-        add_hashes(table, cfg)
-        dt = time.perf_counter() - t
-        res[name] = {"images_per_s": round(n / dt, 1), "ratio_vs_decode_plus_imagehash_phash": round(t_ref_bytes / dt, 2),
-                     "note": "add_hashes computes phash and dhash"}
-    return res
 
 
 def planted(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -116,25 +51,27 @@ def _high_water_mb() -> float:
 
 
 def cluster_one(n: int, k: int, max_bucket: int) -> dict:
-    """One size in this (fresh) process: wall time and peak RSS of find_duplicates (pure numpy version)."""
+    """One size in this (fresh) process: wall time and peak RSS of find_duplicates (in-process, all cores)."""
     from curate.config import DedupConfig
-    from curate.dedup.cluster import BucketStats, find_duplicates
+    from curate.dedup.cluster import SearchStats, find_duplicates
 
     meta = _meta(planted(n, k))
     base = _high_water_mb()
-    stats = BucketStats()
+    stats = SearchStats()
     t = time.perf_counter()
     out = find_duplicates(meta, DedupConfig(k=k, max_bucket=max_bucket), stats)
     dt = time.perf_counter() - t
     return {"n": n, "k": k, "seconds": round(dt, 2), "peak_rss_mb": _high_water_mb(), "peak_rss_before_clustering_mb": base,
-            "dropped": out.num_rows, "pairs_compared": stats.compared, "giant_buckets": stats.giant_buckets}
+            "dropped": out.num_rows, "pairs_compared": stats.compared, "giant_buckets": stats.giant_buckets,
+            "tables": [f"bits {t.shift}-{t.shift + t.width - 1}, index {t.bits}, radius {t.radius}" for t in stats.tables]}
 
 
-def brute_vs_banded(n: int, k: int) -> dict:
-    """Brute force all-pairs (numpy, blocked) against the banded join on the same n hashes."""
+def brute_vs_index(n: int, k: int) -> dict:
+    """Brute force all-pairs (numpy, blocked) against the multi-index search on the same n hashes."""
     from curate.dedup.cluster import near_pairs
 
     u = np.unique(planted(n, k, seed=1))
+    near_pairs(u[:100], k, 10**9)  # load the compiled kernel (numba's cache) outside the timing
     t = time.perf_counter()
     found = 0
     for s in range(0, len(u), 2048):
@@ -143,10 +80,10 @@ def brute_vs_banded(n: int, k: int) -> dict:
     t_brute = time.perf_counter() - t
     t = time.perf_counter()
     a, _ = near_pairs(u, k, 10**9)
-    t_band = time.perf_counter() - t
+    t_index = time.perf_counter() - t
     assert len(a) == found, (len(a), found)
-    return {"n": n, "k": k, "brute_s": round(t_brute, 2), "banded_s": round(t_band, 3),
-            "ratio": round(t_brute / t_band, 1), "pairs": found}
+    return {"n": n, "k": k, "brute_s": round(t_brute, 2), "multi_index_s": round(t_index, 3),
+            "ratio": round(t_brute / t_index, 1), "pairs": found}
 
 
 def _scaling(sizes: str, k: int, max_bucket: int) -> list[dict]:
@@ -159,16 +96,44 @@ def _scaling(sizes: str, k: int, max_bucket: int) -> list[dict]:
         print(runs[-1], flush=True)
     for prev, cur in zip(runs, runs[1:]):
         cur["time_growth_vs_previous"] = round(cur["seconds"] / prev["seconds"], 2)
+        cur["compared_growth_vs_previous"] = round(cur["pairs_compared"] / max(1, prev["pairs_compared"]), 2)
         cur["size_growth_vs_previous"] = round(cur["n"] / prev["n"], 2)
     return runs
 
 
+PARTS = ("hashing", "brute", "scaling", "scaling_default_k")
+
+
+def _previous() -> dict:
+    """The figures already in results/dedup.json (kept for the parts not rerun)."""
+    from tests.bench.common import RESULTS
+
+    path = RESULTS / "dedup.json"
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return {k: v for k, v in doc.items() if k not in ("benchmark", "date", "machine")}
+
+
+def _ratios(result: dict, k: int, default_k: int) -> None:
+    """Top-level ratio keys, from whichever parts are present."""
+    if "hashing" in result:
+        result["hashing_exact_ratio"] = result["hashing"]["exact_phash_only"]["ratio_vs_imagehash"]
+        result["hashing_fast_ratio"] = result["hashing"]["fast_phash_only"]["ratio_vs_imagehash"]
+    brute = result.get("brute_force", {})
+    if str(k) in brute:
+        result["brute_force_ratio"] = brute[str(k)]["ratio"]
+    if str(default_k) in brute:
+        result["brute_force_ratio_default_k"] = brute[str(default_k)]["ratio"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--sizes", default="1000000,4000000,16000000", help="comma-separated cluster sizes at --k")
     ap.add_argument("--k", type=int, default=3, help="Hamming distance for the large scaling runs")
-    ap.add_argument("--default-sizes", default="50000,100000,200000",
-                    help="comma-separated cluster sizes at the default DedupConfig.k (its cost grows ~n^2)")
+    ap.add_argument("--default-sizes", default="1000000,4000000,16000000",
+                    help="comma-separated cluster sizes at the default DedupConfig.k")
     ap.add_argument("--max-bucket", type=int, default=5000)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--brute-n", type=int, default=30000)
@@ -177,22 +142,26 @@ def main(argv=None) -> int:
     if args.cluster_one:
         print(json.dumps(cluster_one(args.cluster_one, args.k, args.max_bucket)))
         return 0
-    result = {"versions": versions("numpy", "scipy", "pillow", "imagehash", "pyarrow"),
-              "notes": "one run on a 2-core machine shared with other jobs; clustering figures are the pure "
-                       "numpy in-process find_duplicates (not the Ray version), each size in a fresh process"}
-    result["hashing"] = bench_hashing(args.images)
-    print(json.dumps(result["hashing"], indent=1))
     from curate.config import DedupConfig
 
-    default_k = DedupConfig().k
-    result["brute_force"] = {str(k): brute_vs_banded(args.brute_n, k) for k in sorted({args.k, default_k})}
-    print(json.dumps(result["brute_force"], indent=1))
-    result["clustering"] = _scaling(args.sizes, args.k, args.max_bucket)
-    result["clustering_default_k"] = _scaling(args.default_sizes, default_k, args.max_bucket)
-    result["hashing_exact_ratio"] = result["hashing"]["exact_phash_only"]["ratio_vs_imagehash"]
-    result["hashing_fast_ratio"] = result["hashing"]["fast_phash_only"]["ratio_vs_imagehash"]
-    result["brute_force_ratio"] = result["brute_force"][str(args.k)]["ratio"]
-    result["brute_force_ratio_default_k"] = result["brute_force"][str(default_k)]["ratio"]
+    parts, default_k = set(args.parts.split(",")), DedupConfig().k
+    result = _previous()
+    result.update({"versions": versions("numpy", "scipy", "pillow", "imagehash", "pyarrow", "numba"),
+                   "notes": "2-core machine, possibly shared with other jobs; clustering figures are the in-process "
+                            "find_duplicates (not the Ray version), each size in a fresh process"})
+    if "hashing" in parts:
+        from tests.bench.bench_hashing import bench_hashing
+
+        result["hashing"] = bench_hashing(args.images)
+        print(json.dumps(result["hashing"], indent=1))
+    if "brute" in parts:
+        result["brute_force"] = {str(k): brute_vs_index(args.brute_n, k) for k in sorted({args.k, default_k})}
+        print(json.dumps(result["brute_force"], indent=1))
+    if "scaling" in parts:
+        result["clustering"] = _scaling(args.sizes, args.k, args.max_bucket)
+    if "scaling_default_k" in parts:
+        result["clustering_default_k"] = _scaling(args.default_sizes, default_k, args.max_bucket)
+    _ratios(result, args.k, default_k)
     write_result("dedup", result)
     return 0
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.bench.common import machine_info, versions, write_result  # noqa: F401 (machine_info via write_result)
+from tests.bench.common import versions, write_result
 from tests.fault_server import FAULT_ROUTES, Route, serve_forever
 
 CTYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
