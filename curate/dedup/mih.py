@@ -170,6 +170,7 @@ class Table:
                            # start and end side by side: one cache line per probed bucket
     distinct: np.ndarray   # the non-empty keys, ascending
     giant: int             # buckets above max_bucket
+    masks: np.ndarray      # sub.masks(), made once: every chunk of the table probes the same ones
 
 
 def build(index: np.ndarray, sub: Substring, max_bucket: int) -> Table:
@@ -180,7 +181,7 @@ def build(index: np.ndarray, sub: Substring, max_bucket: int) -> Table:
     np.cumsum(counts, out=offsets[1:])
     bounds = np.stack([offsets[:-1], np.minimum(offsets[1:], offsets[:-1] + max_bucket)], axis=1)
     return Table(sub, order, index[order], offsets, bounds, np.flatnonzero(counts).astype(np.uint64),
-                 int(np.count_nonzero(counts > max_bucket)))
+                 int(np.count_nonzero(counts > max_bucket)), sub.masks())
 
 
 def _threads() -> int:
@@ -206,7 +207,7 @@ def table_pairs(table: Table, k: int, lo: int, hi: int) -> tuple:
     size = max(4096, hi - lo)  # near-duplicate pairs are rarer than buckets; a rerun covers the odd exception
     while True:
         out_a, out_b = np.empty(size, np.int64), np.empty(size, np.int64)
-        n, compared = _self_probe(table.distinct, table.hashes, table.bounds, table.sub.masks(),
+        n, compared = _self_probe(table.distinct, table.hashes, table.bounds, table.masks,
                                   k, lo, hi, out_a, out_b)
         if n <= size:
             return table.order[out_a[:n]], table.order[out_b[:n]], compared
@@ -243,7 +244,7 @@ def cross_hits(data: np.ndarray, probe: np.ndarray, k: int) -> np.ndarray:
     for sub in plan(k, len(index), len(query)):
         table = build(index, sub, len(index))
         hit_q, hit_d = np.zeros(len(query), bool), np.zeros(len(index), bool)
-        _probe(sub.keys(query), query, table.hashes, table.offsets, sub.masks(), k, hit_q, hit_d)
+        _probe(sub.keys(query), query, table.hashes, table.offsets, table.masks, k, hit_q, hit_d)
         hit[np.flatnonzero(hit_q) if query is data else table.order[hit_d]] = True
     return np.flatnonzero(hit)
 
