@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.bench.common import versions, write_result
+from tests.bench.common import ratio, versions, write_result
 from tests.fault_server import FAULT_ROUTES, Route, serve_forever
 
 CTYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -258,9 +258,9 @@ def report(args, pool, main_res: dict, fault_res: dict | None) -> dict:
         "image_size": args.size, "resize_mode": "keep_ratio", "encode_quality": args.quality,
         "pool_mean_bytes": int(np.mean([len(b) for _, b in pool])),
         "curate": c, "img2dataset": i,
-        "images_per_s_ratio": round(c["images_per_s"] / max(i["images_per_s"], 1e-9), 2),
-        "peak_rss_ratio": round(c["peak_rss_mb"] / max(i["peak_rss_mb"], 1e-9), 3),
-        "cpu_per_image_ratio": round(c["cpu_ms_per_image"] / max(i["cpu_ms_per_image"], 1e-9), 3),
+        "images_per_s_ratio": ratio(c["images_per_s"], i["images_per_s"], 2),
+        "peak_rss_ratio": ratio(c["peak_rss_mb"], i["peak_rss_mb"], 3),
+        "cpu_per_image_ratio": ratio(c["cpu_ms_per_image"], i["cpu_ms_per_image"], 3),
         "versions": versions("img2dataset", "pillow", "urllib3", "pyarrow", "opencv-python-headless"),
         "notes": ("server: tests/fault_server.py in its own process on 127.0.0.1 (shares the 2 cores); "
                   "peak RSS = max over 0.2 s samples of the summed RSS of each tool's process tree; "
@@ -273,8 +273,8 @@ def report(args, pool, main_res: dict, fault_res: dict | None) -> dict:
     if fault_res:
         fc, fi = fault_res["curate"], fault_res["img2dataset"]
         result.update({"faults": fault_res, "fault_rows": args.fault_repeat * len(FAULT_ROUTES),
-                       "fault_wall_time_ratio": round(fc["wall_s"] / max(fi["wall_s"], 1e-9), 3),
-                       "fault_peak_rss_ratio": round(fc["peak_rss_mb"] / max(fi["peak_rss_mb"], 1e-9), 3)})
+                       "fault_wall_time_ratio": ratio(fc["wall_s"], fi["wall_s"], 3),
+                       "fault_peak_rss_ratio": ratio(fc["peak_rss_mb"], fi["peak_rss_mb"], 3)})
     print(f"images/s: curate {c['images_per_s']} vs img2dataset {i['images_per_s']} "
           f"(ratio {result['images_per_s_ratio']}); peak RSS {c['peak_rss_mb']} vs {i['peak_rss_mb']} MB "
           f"(ratio {result['peak_rss_ratio']}); CPU ms/image {c['cpu_ms_per_image']} vs {i['cpu_ms_per_image']} "

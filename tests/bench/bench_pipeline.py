@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.bench.bench_download import make_pool, measure, run_img2dataset, start_server, write_url_list
-from tests.bench.common import versions, write_result
+from tests.bench.common import ratio, versions, write_result
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
              "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
@@ -70,8 +70,8 @@ def main(argv=None) -> dict:
     result = {
         "rows": args.rows, "distinct_images": len(pool), "processes": args.processes, "threads": args.threads,
         "image_size": 256, "curate_pipeline": c, "img2dataset": i,
-        "images_per_s_ratio": round(c["images_per_s"] / max(i["images_per_s"], 1e-9), 3),
-        "peak_rss_ratio": round(c["peak_rss_mb"] / max(i["peak_rss_mb"], 1e-9), 3),
+        "images_per_s_ratio": ratio(c["images_per_s"], i["images_per_s"], 3),
+        "peak_rss_ratio": ratio(c["peak_rss_mb"], i["peak_rss_mb"], 3),
         "versions": versions("img2dataset", "ray", "open_clip_torch", "torch", "pillow"),
         "notes": ("curate_pipeline = plan + prefilter (language off: captions are synthetic) + download/resize "
                   "+ phash + CLIP scoring (tiny ViT on CPU, inside the download tasks: clip.cpu_in_units) + dedup + selection + shard writing + "

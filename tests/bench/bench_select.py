@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tests.bench.common import peak_rss_mb, versions, write_result
+from tests.bench.common import peak_rss_mb, ratio, versions, write_result
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -133,7 +133,7 @@ def bench_gather(out: str, final: pa.Table) -> dict:
     assert [slow[u] for u in kept[COL.UID].to_pylist()] == fast
     return {"images": kept.num_rows, "units": len(units), "indexed_ranged_reads_s": round(indexed_s, 3),
             "whole_unit_tars_s": round(whole_s, 3),
-            "indexed_vs_whole_tar_ratio": round(whole_s / max(indexed_s, 1e-9), 1)}
+            "indexed_vs_whole_tar_ratio": ratio(whole_s, indexed_s, 1)}
 
 
 def _vocab_and_captions(n_vocab: int, n_captions: int, seed: int = 0) -> tuple[list[str], list[str]]:

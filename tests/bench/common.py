@@ -35,6 +35,11 @@ def versions(*pkgs: str) -> dict:
     return out
 
 
+def ratio(ours: float, peer: float, digits: int = 3) -> float:
+    """ours / peer, rounded for a result file (a zero peer figure gives a huge ratio, not a crash)."""
+    return round(ours / max(peer, 1e-9), digits)
+
+
 def peak_rss_mb(children: bool = False) -> float:
     """Peak resident memory of this process (or of its waited-for children) in MiB."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
