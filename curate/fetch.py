@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import math
 import random
 import socket
 import threading
@@ -26,7 +27,10 @@ DNS_TTL = 300.0            # seconds a resolved (or failed) host answer is reuse
 DNS_FAIL_TTL = 60.0
 RETRY_AFTER_CAP = 10.0     # seconds: a server asking for more is not waited for longer
 READ_CHUNK = 256 * 1024    # bytes per read: large enough to keep per-read overhead small
-ERROR_BODY_DRAIN = 64 * 1024  # error bodies up to this size are read so the connection can be reused
+ERROR_BODY_DRAIN = 64 * 1024  # bytes: error bodies up to this size are read (undecoded) so the connection can be reused
+MAX_INTERIM_RESPONSES = 8  # 1xx responses before the real one: http.client would read them forever
+MAX_TRAILER_LINES = 64     # chunked trailer lines: http.client would read them forever
+WATCHDOG_IDLE_EXIT = 5.0   # seconds without fetches after which a Fetcher's watchdog thread ends
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _REFUSED_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "application/javascript")
 _SKIP_ROBOT_KEYS = frozenset({"unavailable_after"})  # directives with a colon that are not agent names
@@ -53,12 +57,43 @@ class FetchResult:
     host: str | None = None           # host of the requested URL, for per-domain stats
 
 
+# Not caught by ipaddress.is_global (Python 3.11): 192.0.0.0/24 is the IETF protocol block (192.0.0.9 and
+# .10 count as global there), fec0::/10 is the deprecated site-local space still routed inside some sites, and
+# 64:ff9b:1::/48 is local-use NAT64 whose operator decides where the IPv4 address sits, so it cannot be checked.
+_REFUSED_V4 = ipaddress.ip_network("192.0.0.0/24")
+_REFUSED_V6 = tuple(ipaddress.ip_network(n) for n in ("fec0::/10", "64:ff9b:1::/48"))
+# IPv6 forms that carry the destination IPv4 address in their low 32 bits: IPv4-compatible (::a.b.c.d),
+# IPv4-translated (::ffff:0:a.b.c.d) and NAT64 well-known (64:ff9b::a.b.c.d). IPv4-mapped is .ipv4_mapped.
+_V4_IN_LOW_BITS = tuple(ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+
+
+def _public_v4(ip: ipaddress.IPv4Address) -> bool:
+    return ip.is_global and not ip.is_multicast and ip not in _REFUSED_V4
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address delivers to (mapped, translated, compatible, NAT64, 6to4), else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _V4_IN_LOW_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """False for loopback, private, link-local, multicast, reserved, unspecified and shared (CGN) space."""
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return ip.is_global and not ip.is_multicast
+    """False for loopback, private, link-local, multicast, reserved, unspecified and shared (CGN) space,
+    192.0.0.0/24 and site-local fec0::/10; an IPv6 form that embeds an IPv4 address (mapped, translated,
+    compatible, NAT64, 6to4, both Teredo ends) is judged by that IPv4 address."""
+    if ip.version == 4:
+        return _public_v4(ip)
+    v4 = _embedded_v4(ip)
+    if v4 is not None:
+        return _public_v4(v4)
+    if ip.teredo is not None and not all(_public_v4(a) for a in ip.teredo):
+        return False
+    return ip.is_global and not ip.is_multicast and not any(ip in net for net in _REFUSED_V6)
 
 
 def any_address(ip) -> bool:
@@ -107,11 +142,127 @@ class Resolver:
         raise BlockedAddress(f"{host} resolves to {', '.join(sorted(set(addrs))[:3])}: not a public address")
 
 
-def _guarded_conn(base: type, resolver: Resolver) -> type:
+class _Watch:
+    """One fetch under the watchdog: its deadline and the socket it is using now."""
+    __slots__ = ("deadline", "sock", "expired", "cut")
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.sock: socket.socket | None = None
+        self.expired = False  # the deadline passed while the fetch ran
+        self.cut = False      # ... and the watchdog shut its socket down (the I/O in flight was interrupted)
+
+
+class Watchdog:
+    """Bounds whole fetches in time: one thread per Fetcher shuts down the socket of a fetch past its deadline.
+
+    Per-read timeouts cannot bound a server that sends a byte per timeout (a dripped status line, headers or
+    error body, endless 100 Continue or trailers); `shutdown()` makes the blocked read return at once, whatever
+    it waits for. (A TLS handshake is bounded as a whole by the socket timeout: CPython's ssl module applies it
+    to the handshake call, not to each read.) The thread sleeps until the earliest deadline of the fetches in
+    flight (at most one per fetch thread), so a fetch costs a few lock round trips and nothing per chunk.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active: set[_Watch] = set()
+        self._local = threading.local()       # the calling thread's fetch, found by its connection
+        self._running = False
+        self._wake_at = math.inf
+
+    def start(self, deadline: float) -> _Watch:
+        """Watches the calling thread's fetch until end() (a plain pair, not a context manager: this is per request)."""
+        w = _Watch(deadline)
+        with self._cond:
+            self._active.add(w)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, daemon=True, name="fetch-watchdog").start()
+            elif deadline < self._wake_at:
+                self._cond.notify()
+        self._local.watch = w
+        return w
+
+    def end(self, w: _Watch) -> None:
+        self._local.watch = None
+        with self._cond:
+            self._active.discard(w)
+            w.sock = None
+
+    def attach(self, sock: socket.socket) -> None:
+        """The calling thread's fetch now reads from `sock` (a new, or a pooled connection's socket)."""
+        w = getattr(self._local, "watch", None)
+        if w is not None:
+            with self._cond:
+                w.sock = sock
+                if w.expired:  # connected after the deadline passed
+                    self._cut(w)
+
+    def detach(self) -> None:
+        """The calling thread's fetch gave its connection back: the socket may serve another fetch now."""
+        w = getattr(self._local, "watch", None)
+        if w is not None:
+            with self._cond:
+                w.sock = None
+
+    @staticmethod
+    def _cut(w: _Watch) -> None:
+        if w.sock is None:
+            return
+        try:  # the plain socket method: SSLSocket.shutdown would also drop its SSL object under the reader
+            socket.socket.shutdown(w.sock, socket.SHUT_RDWR)
+            w.cut = True
+        except OSError:  # already closed: nothing is waiting on it
+            pass
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for w in [w for w in self._active if w.deadline <= now]:
+                    self._active.discard(w)
+                    w.expired = True
+                    self._cut(w)
+                if self._active:
+                    self._wake_at = min(w.deadline for w in self._active)
+                    self._cond.wait(self._wake_at - now)
+                    continue
+                self._wake_at = math.inf
+                self._cond.wait(WATCHDOG_IDLE_EXIT)
+                if not self._active:  # idle: end; the next fetch starts a new thread
+                    self._running = False
+                    return
+
+
+class _BoundedResponse(http.client.HTTPResponse):
+    """http.client's response with the limits it lacks: it reads 1xx responses and trailer lines forever."""
+
+    _status_lines = 0
+
+    def _read_status(self):
+        self._status_lines += 1
+        if self._status_lines > MAX_INTERIM_RESPONSES + 1:
+            raise http.client.HTTPException(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses")
+        return super()._read_status()
+
+    def _read_and_discard_trailer(self) -> None:
+        for _ in range(MAX_TRAILER_LINES):
+            line = self.fp.readline(http.client._MAXLINE + 1)
+            if len(line) > http.client._MAXLINE:
+                raise http.client.LineTooLong("trailer line")
+            if line in (b"\r\n", b"\n", b""):
+                return
+        raise http.client.HTTPException(f"more than {MAX_TRAILER_LINES} trailer lines")
+
+
+def _guarded_conn(base: type, resolver: Resolver, watchdog: Watchdog) -> type:
     """A urllib3 connection class that connects to the guard-checked IP, keeping the host name for
-    Host header, SNI and certificate checks (pinning the IP also closes the DNS-rebinding gap)."""
+    Host header, SNI and certificate checks (pinning the IP also closes the DNS-rebinding gap), and
+    hands its socket to the watchdog."""
 
     class Guarded(base):
+        response_class = _BoundedResponse
+
         def _new_conn(self) -> socket.socket:
             ip = resolver.resolve(self._dns_host, self.port)
             try:
@@ -121,6 +272,12 @@ def _guarded_conn(base: type, resolver: Resolver) -> type:
                 raise ConnectTimeoutError(self, f"connect to {self.host} ({ip}) timed out") from e
             except OSError as e:
                 raise NewConnectionError(self, f"cannot connect to {self.host} ({ip}): {e}") from e
+
+        def getresponse(self):
+            # new or pooled, plain or TLS: from here the fetch reads this socket (connect, TLS handshake and
+            # sending the request are bounded by the socket timeout, which is at most the time left)
+            watchdog.attach(self.sock)
+            return super().getresponse()
 
     return Guarded
 
@@ -216,13 +373,14 @@ class Fetcher:
         self.resolver = Resolver(allowed)
         self.limiter = HostLimiter(dl.per_domain_concurrency, dl.per_domain_rps)
         self.agent_token = dl.user_agent.split("/", 1)[0].strip().lower()
+        self.watchdog = Watchdog()
         self.pool = urllib3.PoolManager(
             num_pools=512, maxsize=max(dl.per_domain_concurrency, 1), block=False, retries=False,
             headers={"User-Agent": dl.user_agent, "Accept": "image/*,*/*;q=0.8"})
         http_pool = type("GuardedHTTPPool", (HTTPConnectionPool,),
-                         {"ConnectionCls": _guarded_conn(HTTPConnection, self.resolver)})
+                         {"ConnectionCls": _guarded_conn(HTTPConnection, self.resolver, self.watchdog)})
         https_pool = type("GuardedHTTPSPool", (HTTPSConnectionPool,),
-                          {"ConnectionCls": _guarded_conn(HTTPSConnection, self.resolver)})
+                          {"ConnectionCls": _guarded_conn(HTTPSConnection, self.resolver, self.watchdog)})
         self.pool.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
 
     def close(self) -> None:
@@ -231,30 +389,43 @@ class Fetcher:
     # -------------------------------------------------------------- public entry
 
     def fetch(self, url: str) -> FetchResult:
-        """Fetches `url` within dl.deadline (plus at most one dl.timeout); never raises for network trouble."""
+        """Fetches `url` within dl.deadline seconds from start to last byte, whatever the server sends
+        (the watchdog cuts the socket at the deadline); never raises for network trouble."""
         try:
             url = normalize_url(url)
         except InvalidURL as e:
             return FetchResult(Status.INVALID_URL, e.detail, str(e))
         host = urlsplit(url).hostname
         deadline = time.monotonic() + self.dl.deadline
+        watch = self.watchdog.start(deadline)
         try:
-            with self.limiter.slot(host or ""):  # the whole transfer (hops, retries, body) holds the host slot
-                res = self._follow(url, deadline)
-        except BlockedAddress as e:
-            res = FetchResult(Status.DOWNLOAD_ERROR, "blocked_address", str(e))
-        except DNSFailure as e:
-            res = FetchResult(Status.DOWNLOAD_ERROR, "connection", f"dns: {e}")
-        except NewConnectionError as e:  # a subclass of ConnectTimeoutError in urllib3 2: caught first
-            res = FetchResult(Status.DOWNLOAD_ERROR, "connection", str(e))
-        except (ReadTimeoutError, ConnectTimeoutError, TimeoutError, socket.timeout) as e:
-            res = FetchResult(Status.DOWNLOAD_ERROR, "timeout", str(e))
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
-            res = FetchResult(Status.DOWNLOAD_ERROR, "connection", f"{type(e).__name__}: {e}")
-        except Exception as e:  # noqa: BLE001 - the network boundary: anything unexpected is a row, not a crash
-            res = FetchResult(Status.DOWNLOAD_ERROR, "error", f"{type(e).__name__}: {e}")
+            res = self._fetch_mapped(url, host, deadline)
+        finally:
+            self.watchdog.end(watch)
+        if watch.cut:  # a cut reads as EOF: a truncated head or body can look like an answer, so none is trusted
+            res = FetchResult(Status.DOWNLOAD_ERROR, "timeout",
+                              f"deadline of {self.dl.deadline:g} s passed: connection cut ({res.detail or 'ok'})",
+                              http_status=res.http_status, content_type=res.content_type, url=res.url)
         res.host = host
         return res
+
+    def _fetch_mapped(self, url: str, host: str | None, deadline: float) -> FetchResult:
+        """_follow with every network failure mapped to a download_error detail."""
+        try:
+            with self.limiter.slot(host or ""):  # the whole transfer (hops, retries, body) holds the host slot
+                return self._follow(url, deadline)
+        except BlockedAddress as e:
+            return FetchResult(Status.DOWNLOAD_ERROR, "blocked_address", str(e))
+        except DNSFailure as e:
+            return FetchResult(Status.DOWNLOAD_ERROR, "connection", f"dns: {e}")
+        except NewConnectionError as e:  # a subclass of ConnectTimeoutError in urllib3 2: caught first
+            return FetchResult(Status.DOWNLOAD_ERROR, "connection", str(e))
+        except (ReadTimeoutError, ConnectTimeoutError, TimeoutError, socket.timeout) as e:
+            return FetchResult(Status.DOWNLOAD_ERROR, "timeout", str(e))
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+            return FetchResult(Status.DOWNLOAD_ERROR, "connection", f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - the network boundary: anything unexpected is a row, not a crash
+            return FetchResult(Status.DOWNLOAD_ERROR, "error", f"{type(e).__name__}: {e}")
 
     # -------------------------------------------------------------- internals
 
@@ -340,38 +511,38 @@ class Fetcher:
         return FetchResult(Status.OK, None, None, body=body, **base)
 
     def _read_capped(self, resp, deadline: float) -> bytes | None:
-        """Streams the body; None when it passes max_bytes; raises TimeoutError past the deadline."""
+        """Streams the (decoded) body; None when it passes max_bytes; raises TimeoutError past the deadline
+        (a silent or dripping server is cut by the watchdog; the check here ends a steady one early)."""
         chunks, n, complete = [], 0, False
-        sock = getattr(getattr(resp, "connection", None), "sock", None)
         try:
             while n <= self.dl.max_bytes:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if time.monotonic() >= deadline:
                     raise TimeoutError(f"deadline of {self.dl.deadline:g} s passed while reading the body")
-                if sock is not None:  # a silent server must not hold us past the deadline either
-                    sock.settimeout(max(0.01, min(self.dl.timeout, left)))
-                data = resp.read1(READ_CHUNK)  # returns what has arrived: a dripping body cannot block past the deadline
+                data = resp.read1(READ_CHUNK)  # returns what has arrived; decoded output is capped at READ_CHUNK
                 if not data:
                     complete = True
                     break
                 n += len(data)
                 chunks.append(data)
         finally:
+            self.watchdog.detach()  # before the connection can serve another fetch
             if not complete:  # unread bytes left on the socket: it cannot go back to the pool
                 resp.close()
             resp.release_conn()
         return b"".join(chunks) if complete else None
 
-    @staticmethod
-    def _discard(resp) -> None:
-        """Frees the connection: a small remaining body is read so the connection can be reused."""
-        length = resp.headers.get("Content-Length")
+    def _discard(self, resp) -> None:
+        """Frees the connection without ever decoding the body (a 600-byte gzip-of-gzip error body inflates to
+        gigabytes): a known-length body up to ERROR_BODY_DRAIN bytes is drained raw so the connection can be
+        reused; anything else (chunked, longer, broken) closes it. The watchdog bounds a dripped drain."""
+        left, drained = resp.length_remaining, False  # None when chunked or without Content-Length
         try:
-            if length and length.isdigit() and int(length) <= ERROR_BODY_DRAIN:
-                resp.read()
-                resp.release_conn()
-                return
+            if left is not None and left <= ERROR_BODY_DRAIN:
+                resp.read(decode_content=False)  # exactly Content-Length bytes (short: IncompleteRead)
+                drained = True
         except Exception:  # noqa: BLE001 - the network boundary: a broken error body only costs the connection
             pass
-        resp.close()
+        self.watchdog.detach()  # before the connection can serve another fetch
+        if not drained:
+            resp.close()
         resp.release_conn()
