@@ -24,6 +24,7 @@ class InputConfig:
     caption_col: str | None = None       # overrides the preset's caption column
     keep_columns: tuple[str, ...] = ()   # input columns carried to the ledger as src_<name>
     unit_size: int = 10_000              # rows per work unit
+    max_caption_bytes: int = 65_536      # UTF-8 bytes; a longer caption is cut while reading -> caption_rule:too_long
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class LanguageConfig:
     seed: int = 0                        # langdetect's DetectorFactory.seed
     min_letters: int = 3                 # letters (after URL/emoji/file-name cleaning) needed, else lang = und
     lingua_low_accuracy: bool = False    # lingua trigram-only mode: ~9x less memory, ~3x faster, less accurate
+    decision: str = "evidence"           # with a language set: evidence (script, word lists, margin) | argmax
+    margin: float = 0.0                  # evidence: drop only if P(best other) - P(best kept) exceeds this
+    word_lists: str = "all"              # evidence: all (every language's list weighs the words) | kept | none
+    tie_keep_prob: float = 0.5           # all: on equal word coverage, keep when P(best kept) reaches this
+    min_known_share: float = 0.75        # kept: keep when this share of words is in a kept word list
+    word_index_dir: str = ""             # all: cache of the hashed word lists ('' = ~/.cache/curate); built once
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,11 @@ class ImageConfig:
     min_height: int = 0                  # pixels; smaller -> too_small
     max_aspect_ratio: float = 0.0        # 0 = no limit
     max_pixels: int = 100_000_000        # decompression-bomb cap, decided from the header
+    max_decoded_bytes: int = 300_000_000  # decoded-raster cap from the header: width x height x bytes per pixel of the mode (L 1, RGB 3, RGBA/CMYK/float 4); an RGB image at max_pixels passes; larger -> decode_error:too_large_decoded
     format: str = "jpg"                  # jpg | png | webp
     quality: int = 95                    # jpg/webp encode quality
-    skip_reencode: bool = True           # keep the original bytes when they already fit
+    skip_reencode: bool = True           # keep the original bytes when they already fit (metadata and trailing bytes stripped losslessly)
+    keep_metadata: tuple[str, ...] = ()  # metadata stored with the image: icc (a valid RGB ICC profile) | exif (without orientation); none by default
     decode_threads: int = 2              # threads that decode/resize/encode per download stage call (bounds memory)
 
 
@@ -89,6 +98,10 @@ class DedupConfig:
     enabled: bool = True                 # hash images and drop exact and near duplicates
     hash: str = "phash"                  # phash | dhash
     k: int = 8                           # Hamming distance for near-duplicates (pHash distances are even; see curate/dedup)
+    low_detail_bits: int = 12            # dHash 0/1 bit imbalance that makes an image low-detail (33: off)
+    low_detail_k: int = 7                # a low-detail pair also needs the second hash within this
+    second_k: int = 6                    # second search: pairs within this on the second hash (-1: off) ...
+    loose_k: int = 16                    # ... count when the first hash is within this (crops that move pHash)
     trim_borders: bool = True            # trim uniform borders before hashing
     exact_sha256: bool = True            # identical bytes are duplicates whatever their URL
     max_bucket: int = 5_000              # hashes of one search bucket that take part in comparisons (bounds giant buckets)
@@ -284,9 +297,10 @@ def check(cfg: RunConfig) -> None:
     for key, (val, allowed) in choices.items():
         if val not in allowed:
             raise ConfigError(f"{key}: {val!r} is not one of {', '.join(allowed)}")
-    positive = {"input.unit_size": cfg.input.unit_size, "download.threads": cfg.download.threads,
+    positive = {"input.unit_size": cfg.input.unit_size, "input.max_caption_bytes": cfg.input.max_caption_bytes,
+                "download.threads": cfg.download.threads,
                 "image.size": cfg.image.size, "clip.batch_size": cfg.clip.batch_size,
-                "image.decode_threads": cfg.image.decode_threads,
+                "image.decode_threads": cfg.image.decode_threads, "image.max_decoded_bytes": cfg.image.max_decoded_bytes,
                 "download.per_domain_concurrency": cfg.download.per_domain_concurrency,
                 "shards.samples_per_shard": cfg.shards.samples_per_shard}
     for key, val in positive.items():
@@ -296,11 +310,21 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"dedup.k: must be in [0, 31] (Hamming distance between 64-bit hashes), got {cfg.dedup.k}")
     if cfg.dedup.spread_min <= 0:
         raise ConfigError(f"dedup.spread_min: must be > 0, got {cfg.dedup.spread_min}")
+    if not 0 <= cfg.dedup.low_detail_bits <= 33:
+        raise ConfigError(f"dedup.low_detail_bits: must be in [0, 33] (33 turns the rule off), "
+                          f"got {cfg.dedup.low_detail_bits}")
+    for key in ("low_detail_k", "second_k", "loose_k"):
+        if not (-1 if key == "second_k" else 0) <= getattr(cfg.dedup, key) < 32:
+            raise ConfigError(f"dedup.{key}: must be in [{-1 if key == 'second_k' else 0}, 31], "
+                              f"got {getattr(cfg.dedup, key)}")
     if cfg.dedup.max_bucket <= 0:
         raise ConfigError(f"dedup.max_bucket: must be > 0, got {cfg.dedup.max_bucket}")
     f = cfg.clip.keep_top_fraction
     if f is not None and not 0 < f <= 1:
         raise ConfigError(f"clip.keep_top_fraction: must be in (0, 1], got {f}")
+    for i, kind in enumerate(cfg.image.keep_metadata):
+        if kind not in ("icc", "exif"):
+            raise ConfigError(f"image.keep_metadata[{i}]: {kind!r} is not one of icc, exif")
     _check_language(cfg.language)
 
 

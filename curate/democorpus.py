@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image, ImageFilter
 
+from curate.imageproc import open_image
 from curate.synth import COLORS, SHAPES, draw_sample
 
 # Non-English captions of the same scenes: the demo keeps English only, so these go before any fetch.
@@ -55,7 +56,7 @@ def _image_row(kind: str, i: int, rng: random.Random, files: dict, last: list, b
         path0, color, shape = rng.choice(last)
         if kind == "dup_url":
             return CorpusRow(base + path0, _caption(rng, color, shape), kind)
-        src = Image.open(io.BytesIO(files[path0]))
+        src = open_image(files[path0])
         data = files[path0] if kind == "exact_dup" else _jpeg(
             src.resize((src.width * 3 // 4, src.height * 3 // 4)).filter(ImageFilter.SMOOTH), 70)
     else:

@@ -1,15 +1,22 @@
-"""Decodes downloaded bytes with Pillow (pixel cap from the header, EXIF orientation, any mode to RGB), filters, resizes and re-encodes."""
+"""Opens untrusted image bytes safely (format allowlist, pixel and decoded-byte caps from the header), then
+decodes, filters, resizes and re-encodes them (EXIF orientation, any mode to RGB, metadata stripped)."""
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from curate.config import ImageConfig
+from curate.imagemeta import header_exif, kept_metadata, strip_source
 from curate.schema import Status
 
+# The formats curate decodes, in the order Image.open tries them (JPEG first: most of the web). Every other
+# format Pillow knows is refused before its plugin runs: EPS would hand the bytes to Ghostscript, and the rare
+# decoders (PSD, ICO, PCX, SGI, FITS, TGA, ...) are attack surface no dataset needs. MPO (phone JPEGs with a
+# multi-picture index) is opened by the JPEG plugin and decodes its first picture; AVIF/HEIF are not opened.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _SWAPS_AXES = frozenset({5, 6, 7, 8})            # EXIF orientations that rotate by 90 degrees
@@ -19,6 +26,58 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _PNG_COMPRESS = 6  # zlib level for png output: the usual speed/size balance
+# pixels converted to RGB at once: a mode conversion of a larger image runs strip by strip, so its full-size
+# temporaries (RGBA copy + white canvas + alpha band, or float32 arrays) never exist (4 MP: ~16 MB per copy)
+_STRIP_PIXELS = 1 << 22
+
+
+class FormatRefused(UnidentifiedImageError):
+    """Bytes of an image format Pillow could decode but curate does not open (not in ALLOWED_FORMATS)."""
+
+
+class DecodedTooLarge(ValueError):
+    """The decoded raster (decoded_bytes, from the header) is above the configured cap."""
+
+
+def detect_format(data: bytes) -> str | None:
+    """The Pillow format whose signature `data` starts with; only the plugins' prefix checks run."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            hit = accept is not None and accept(prefix)
+        except Exception:  # noqa: BLE001 - a signature check that trips on a short prefix is a miss
+            hit = False
+        if hit and not isinstance(hit, str):  # a str is Pillow's "maybe" warning
+            return fmt
+    return None
+
+
+def decoded_bytes(im: Image.Image) -> int:
+    """Bytes of im's raster at its mode's nominal depth (RGB 3, RGBA/CMYK/I/F 4, I;16 2, L/P 1 per pixel)."""
+    m = ImageMode.getmode(im.mode)
+    return im.width * im.height * len(m.bands) * np.dtype(m.typestr).itemsize
+
+
+def open_image(data: bytes, max_decoded_bytes: int | None = None) -> Image.Image:
+    """Opens image bytes from the web or an input file (header only; pixels decode on load()).
+
+    Only ALLOWED_FORMATS are tried. Raises FormatRefused (naming the detected format) for another format
+    Pillow knows, UnidentifiedImageError for anything else, DecodedTooLarge when decoded_bytes >
+    max_decoded_bytes, and Pillow's DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS.
+    """
+    try:
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        fmt = detect_format(data)
+        if fmt is None:
+            raise
+        raise FormatRefused(f"{fmt} image: format not opened (allowed: {', '.join(ALLOWED_FORMATS)})") from None
+    if max_decoded_bytes is not None and (n := decoded_bytes(im)) > max_decoded_bytes:
+        im.close()
+        raise DecodedTooLarge(f"{im.width}x{im.height} {im.mode}: {n} decoded bytes > {max_decoded_bytes}")
+    return im
 
 
 @dataclass(slots=True)
@@ -64,13 +123,20 @@ def target_size(w: int, h: int, img: ImageConfig) -> tuple[tuple[int, int], tupl
 
 def _orientation(im: Image.Image) -> int:
     try:
-        return int(im.getexif().get(0x0112, 1) or 1)
+        return int(header_exif(im).get(0x0112, 1) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as browsers do
         return 1
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: alpha composited on white, 16/32-bit scaled to 8-bit, CMYK/P/L converted."""
+def _int_range(im: Image.Image) -> float | None:
+    """The value that maps to 255 for I/F modes (16-bit: 65535; else 255 unless values exceed it); None for others."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return None
+    return 65535.0 if im.mode.startswith("I;16") or im.getextrema()[1] > 255 else 255.0
+
+
+def _to_rgb(im: Image.Image, hi: float | None = None) -> Image.Image:
+    """Any Pillow mode to RGB: alpha on white, 16/32-bit scaled to 8-bit (`hi` -> 255), CMYK/P/L converted."""
     if im.mode == "RGB":
         return im
     if im.mode == "P" and "transparency" in im.info:
@@ -81,11 +147,24 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
     if im.mode.startswith("I") or im.mode == "F":
-        arr = np.asarray(im).astype(np.float32)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr * (255.0 / hi), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+        arr = np.multiply(np.asarray(im), 255.0 / (hi or _int_range(im)), dtype=np.float32)
+        np.clip(arr, 0, 255, out=arr)  # in place: one float32 copy, not four
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     return im.convert("RGB")
+
+
+def _to_rgb_reduced(im: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """_to_rgb(im), box-reduced by an integer factor that leaves at least twice `target` (as Pillow's
+    reducing_gap), converted _STRIP_PIXELS at a time: memory is the decoded raster plus one strip's copies."""
+    w, h = im.size
+    f = max(1, min(w // max(1, target[0]), h // max(1, target[1])) // 2)
+    rows = max(f, _STRIP_PIXELS // w // f * f)  # a multiple of f: the strips reduce exactly like the whole
+    hi = _int_range(im)  # one scale for all strips
+    out = Image.new("RGB", (-(-w // f), -(-h // f)))
+    for y in range(0, h, rows):
+        part = _to_rgb(im.crop((0, y, w, min(h, y + rows))), hi)
+        out.paste(part.reduce(f) if f > 1 else part, (0, y // f))
+    return out
 
 
 def _can_keep_source(im: Image.Image, orientation: int, scaled, canvas, orig, img: ImageConfig) -> bool:
@@ -118,13 +197,21 @@ def _fit_canvas(im: Image.Image, canvas: tuple[int, int] | None, mode: str) -> I
     return out
 
 
-def _encode(im: Image.Image, img: ImageConfig) -> bytes:
+def _encode(im: Image.Image, img: ImageConfig, meta: dict[str, bytes]) -> bytes:
+    im.info = {}  # Pillow writes parts of info back (PNG: the ICC profile, JPEG: comments): store only `meta`
     buf = io.BytesIO()
     if img.format == "png":
-        im.save(buf, "PNG", compress_level=_PNG_COMPRESS)
+        im.save(buf, "PNG", compress_level=_PNG_COMPRESS, **meta)
     else:
-        im.save(buf, _PIL_FORMAT[img.format], quality=img.quality)
+        im.save(buf, _PIL_FORMAT[img.format], quality=img.quality, **meta)
     return buf.getvalue()
+
+
+def _rgb_at(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """im as RGB at `size`; a large image that needs a mode conversion is converted strip by strip."""
+    if im.mode != "RGB" and im.width * im.height > _STRIP_PIXELS:
+        im = _to_rgb_reduced(im, size)
+    return _resize(_to_rgb(im), size)
 
 
 def _check_size(w: int, h: int, img: ImageConfig) -> ImageResult | None:
@@ -138,7 +225,7 @@ def _check_size(w: int, h: int, img: ImageConfig) -> ImageResult | None:
     return None
 
 
-def _transform(im: Image.Image, img: ImageConfig) -> ImageResult:
+def _transform(im: Image.Image, body: bytes, img: ImageConfig) -> ImageResult:
     """The decode/resize/encode path once the header passed every check."""
     orientation = _orientation(im)
     sw, sh = im.size
@@ -148,31 +235,42 @@ def _transform(im: Image.Image, img: ImageConfig) -> ImageResult:
     scaled, canvas = target_size(*orig, img)
     stored_target = (scaled[1], scaled[0]) if orientation in _SWAPS_AXES else scaled
     sizes = dict(orig_width=orig[0], orig_height=orig[1])
-    if _can_keep_source(im, orientation, scaled, canvas, orig, img):
-        im.load()  # still decoded once: a truncated file must not pass as fitting
-        return ImageResult(Status.OK, data=None, image_format=img.format, width=orig[0], height=orig[1], **sizes)
-    if im.format == "JPEG" and stored_target[0] * 2 <= sw:
+    keep = _can_keep_source(im, orientation, scaled, canvas, orig, img)
+    if not keep and im.format == "JPEG" and stored_target[0] * 2 <= sw:
         # DCT-domain downscale by 1/2..1/8 while decoding: the biggest saving for large photos
         im.draft("RGB", stored_target)
-    im = _resize(_to_rgb(im), stored_target)  # an animated image is on its first frame after open
+    if (n := decoded_bytes(im)) > img.max_decoded_bytes:  # after draft: what the decode will really allocate
+        return _fail(Status.DECODE_ERROR, "too_large_decoded",
+                     f"{im.width}x{im.height} {im.mode}: {n} decoded bytes > {img.max_decoded_bytes}", **sizes)
+    meta = kept_metadata(im, img.keep_metadata) if img.keep_metadata else {}
+    if keep:
+        im.load()  # still decoded once: a truncated file must not pass as fitting
+        data = strip_source(body, im.format, meta)  # None: a layout the rewriter does not know -> re-encode
+        if data is not None:
+            return ImageResult(Status.OK, data=data, image_format=img.format, width=orig[0], height=orig[1], **sizes)
+    im = _rgb_at(im, stored_target)  # an animated image is on its first frame after open
     if orientation in _TRANSPOSE:  # rotating the small result is cheaper than rotating the source
         im = im.transpose(_TRANSPOSE[orientation])
     im = _fit_canvas(im, canvas, img.resize_mode)
-    return ImageResult(Status.OK, data=_encode(im, img), image_format=img.format,
+    return ImageResult(Status.OK, data=_encode(im, img, meta), image_format=img.format,
                        width=im.size[0], height=im.size[1], **sizes)
 
 
 def process_image(body: bytes, img: ImageConfig) -> ImageResult:
     """Decodes `body`, applies filters and resize mode, re-encodes as img.format.
 
-    On success `data` is the bytes to store (the original bytes when they already fit: `data is body`).
-    Failures: decode_error:<empty|unidentified|too_many_pixels|truncated|corrupt>, too_small, bad_aspect.
+    On success `data` is the bytes to store: the original bytes when they already fit (`data is body` when they
+    carry nothing to strip), else a fresh encode; only the metadata in img.keep_metadata is stored.
+    Failures: decode_error:<empty|format|unidentified|too_many_pixels|too_large_decoded|truncated|corrupt>,
+    too_small, bad_aspect.
     """
     if not body:
         return _fail(Status.DECODE_ERROR, "empty", "empty body")
     try:
-        with Image.open(io.BytesIO(body)) as im:
-            res = _transform(im, img)
+        with open_image(body) as im:
+            return _transform(im, body, img)
+    except FormatRefused as e:
+        return _fail(Status.DECODE_ERROR, "format", str(e))
     except UnidentifiedImageError:
         return _fail(Status.DECODE_ERROR, "unidentified", f"not an image format Pillow knows; starts {body[:16]!r}")
     except Image.DecompressionBombError as e:
@@ -182,6 +280,3 @@ def process_image(body: bytes, img: ImageConfig) -> ImageResult:
         return _fail(Status.DECODE_ERROR, detail, str(e))
     except Exception as e:  # noqa: BLE001 - the decode boundary: a hostile file is a row, not a crash
         return _fail(Status.DECODE_ERROR, "corrupt", f"{type(e).__name__}: {e}")
-    if res.status == Status.OK and res.data is None:
-        res.data = body
-    return res

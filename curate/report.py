@@ -414,9 +414,11 @@ def _thumb(data: bytes | None) -> str | None:
     """A small JPEG data URI of encoded image bytes; None when they do not decode."""
     if data is None:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from curate.imageproc import open_image
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:
             im = im.convert("RGB")
             im.thumbnail((THUMB_PX, THUMB_PX))
             buf = io.BytesIO()

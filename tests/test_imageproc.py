@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from curate.config import ImageConfig
+from curate import imageproc
 from curate.imageproc import process_image, target_size
 from curate.schema import Status
 from tests import fault_server as fs
@@ -153,3 +154,80 @@ def test_decompression_bomb_is_refused_from_the_header():
 def test_undecodable_bodies(body, detail):
     res = process_image(body, ImageConfig())
     assert (res.status, res.detail, res.data) == (Status.DECODE_ERROR, detail, None)
+
+
+def _modes() -> list[Image.Image]:
+    rgba = Image.fromarray(np.dstack([fs.gradient(97, 61, 1), fs.gradient(97, 61, 2)[..., :1]]), "RGBA")
+    pal = rgba.convert("RGB").convert("P")
+    pal.info["transparency"] = 3
+    floats = Image.fromarray((fs.gradient(97, 61, 3)[..., 0].astype(np.float32) * 3.5))  # F, max > 255
+    return [rgba, rgba.convert("LA"), pal, floats, floats.convert("I"), Image.open(io.BytesIO(fs.png16())),
+            rgba.convert("CMYK"), rgba.convert("L"), rgba.convert("1")]
+
+
+@pytest.mark.parametrize("im", _modes(), ids=lambda im: im.mode)
+def test_strip_conversion_equals_the_whole_image_conversion(im, monkeypatch):
+    monkeypatch.setattr(imageproc, "_STRIP_PIXELS", 500)   # many strips, each a few rows
+    whole = imageproc._to_rgb(im)
+    w, h = im.size
+    for target, f in (((w, h), 1), ((w // 4, h // 4), 2), ((w // 8, h // 8), 4)):
+        strips = imageproc._to_rgb_reduced(im, target)
+        expected = whole.reduce(f) if f > 1 else whole
+        np.testing.assert_array_equal(np.asarray(strips), np.asarray(expected))
+
+
+def test_large_wide_mode_image_goes_through_strips(monkeypatch):
+    monkeypatch.setattr(imageproc, "_STRIP_PIXELS", 1000)
+    src = fs.encode(_modes()[0], "PNG")
+    direct = np.asarray(decoded(process_image(src, ImageConfig(size=32, format="png"))), np.float32)
+    monkeypatch.setattr(imageproc, "_STRIP_PIXELS", 1 << 22)
+    whole = np.asarray(decoded(process_image(src, ImageConfig(size=32, format="png"))), np.float32)
+    assert direct.shape == whole.shape and np.abs(direct - whole).mean() < 3  # reduce + box vs one box resize
+
+
+def test_png_exif_after_the_pixels_is_not_searched_by_decoding():
+    # Pillow's PNG getexif() decodes every pixel to look for a late eXIf chunk: the caps ran after that
+    res = process_image(fs.bomb_png(9_000, 9_000), ImageConfig(max_decoded_bytes=10**6))
+    assert (res.status, res.detail) == (Status.DECODE_ERROR, "too_large_decoded")
+
+
+def _markers(data: bytes) -> list[int]:
+    """JPEG marker bytes outside the entropy-coded data (a small reader independent of curate.imagemeta)."""
+    out, pos = [], 2
+    while pos < len(data) - 1:
+        marker = data[pos + 1]
+        out.append(marker)
+        if marker == 0xD9:
+            break
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            while not (data[pos] == 0xFF and data[pos + 1] not in (0x00, *range(0xD0, 0xD8))):
+                pos += 1
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"progressive": True}, {"optimize": True, "restart_marker_rows": 1}])
+def test_jpeg_surgery_keeps_every_scan(kw):
+    from curate.imagemeta import strip_source
+    src = fs.encode(Image.fromarray(fs.gradient(120, 90, 8)), "JPEG", quality=85, comment=b"c", **kw)
+    out = strip_source(src + b"\x00tail", "JPEG", {})
+    assert 0xFE not in _markers(out) and out.endswith(b"\xff\xd9")
+    assert [m for m in _markers(src) if m != 0xFE] == _markers(out)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out))), np.asarray(Image.open(io.BytesIO(src))))
+    clean = strip_source(src, "JPEG", {})
+    assert strip_source(clean, "JPEG", {}) is clean   # nothing left to strip: the same bytes object
+
+
+def test_unusual_layouts_are_reencoded_not_guessed():
+    from curate.imagemeta import strip_source
+    assert strip_source(b"\xff\xd8\x00\x00junk", "JPEG", {}) is None
+    assert strip_source(fs.jpeg(40, 30)[:-2], "JPEG", {}) is None    # no EOI: unknown end
+    assert strip_source(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x00ABCD\x00\x00\x00\x00", "PNG", {}) is None
+    assert strip_source(fs.jpeg(40, 30), "GIF", {}) is None
+
+
+def test_keep_metadata_is_validated():
+    from curate.config import ConfigError, load_config
+    assert load_config(overrides={"image.keep_metadata": "[icc, exif]"}).image.keep_metadata == ("icc", "exif")
+    with pytest.raises(ConfigError, match=r"image.keep_metadata\[0\]: 'gps'"):
+        load_config(overrides={"image.keep_metadata": "[gps]"})

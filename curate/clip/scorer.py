@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from torchvision.transforms import Normalize, ToTensor
 
 from curate.clip.model import load_clip, load_transforms
 from curate.config import ClipConfig
+from curate.imageproc import open_image
 from curate.schema import COL
 
 # Transient columns between the two stages (never in the ledger): uint8 HWC pixels keep the object store
@@ -67,7 +67,7 @@ class ClipPreprocess:
         if data is None:
             return None
         try:
-            img = Image.open(io.BytesIO(data))
+            img = open_image(data)  # format allowlist: never a Ghostscript or rare-decoder run
             if self.draft_size and img.format == "JPEG":
                 img.draft("RGB", self.draft_size)  # DCT-domain downscale, only while it stays >= model size
             if self.split is None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import io
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +9,7 @@ import scipy.fftpack
 from PIL import Image
 
 from curate.config import DedupConfig
+from curate.imageproc import open_image
 from curate.schema import COL, set_column
 
 HASH_SIZE = 8                      # 8x8 bits = 64
@@ -260,7 +260,7 @@ def _sample_features(images: list[Image.Image], cfg: DedupConfig) -> tuple[np.nd
 def _decode(data: bytes, cfg: DedupConfig) -> Image.Image | None:
     """Decodes stored image bytes; JPEG in draft mode (DCT-domain downscale) when fast_hash is on."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = open_image(data)  # format allowlist: never a Ghostscript or rare-decoder run
         if cfg.fast_hash and img.format == "JPEG":
             img.draft("L", (FAST_DRAFT, FAST_DRAFT))
         img.load()

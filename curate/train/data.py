@@ -2,7 +2,6 @@
 shuffle buffer, resampling, per-sample seeded augmentation (exact resume), corrupt samples skipped and counted."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
@@ -15,6 +14,8 @@ import torch
 from PIL import Image
 
 from curate import fsutil
+from curate.config import ImageConfig
+from curate.imageproc import open_image
 
 log = logging.getLogger("curate.train")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -102,7 +103,8 @@ def decode_sample(raw: dict) -> tuple[Image.Image, str, dict]:
     if "txt" not in raw:
         raise ValueError("no caption")
     try:
-        img = Image.open(io.BytesIO(raw[ext]))
+        # shards may come from anywhere: the format allowlist, and a decoded-size cap from the header
+        img = open_image(raw[ext], ImageConfig.max_decoded_bytes)
         img = img.convert("RGB")
     except Exception as e:  # decode boundary: any decoder failure means a corrupt sample
         raise ValueError(f"image decode: {type(e).__name__}") from None
