@@ -107,7 +107,10 @@ def first_occurrence_duplicates(urls: pa.ChunkedArray) -> np.ndarray:
 
 
 def apply_text_rules(table: pa.Table, cfg: TextConfig) -> pa.Table:
-    """Sets caption_clean for every row, then drops rows still ok as caption_rule:<detail> / duplicate_url."""
+    """Sets caption_clean for every row, then drops rows still ok as caption_rule:<detail> / duplicate_url.
+
+    Rows the reader already dropped (caption_rule:not_text, caption_rule:too_long for a caption cut at
+    input.max_caption_bytes) keep that reason, also with the text rules disabled."""
     table = set_column(table, COL.CAPTION_CLEAN, clean_captions(table[COL.CAPTION]))
     if cfg.enabled:
         details = rule_details(table[COL.CAPTION_CLEAN], cfg)

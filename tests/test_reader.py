@@ -63,7 +63,7 @@ def test_every_format(tmp_path, fmt, gz):
     captions = [None] * len(ROWS) if fmt == "txt" else [r["caption"] for r in ROWS]
     assert t[COL.CAPTION].to_pylist() == captions
     assert t[COL.ROW_INDEX].to_pylist() == list(range(len(ROWS)))
-    assert set(t[COL.SOURCE_FILE].to_pylist()) == {str(src)}
+    assert set(t[COL.SOURCE_FILE].to_pylist()) == {src.name}  # relative to the input root
     assert t[COL.STATUS].to_pylist() == [Status.OK] * len(ROWS)  # space + non-ASCII URL is fine
     assert t[COL.DUP_URL].to_pylist() == [False, False, False, False, True]
 
@@ -227,7 +227,7 @@ def test_non_string_url_values(tmp_path):
     units = plan_units(cfg([tmp_path / "n.parquet", tmp_path / "m.jsonl"]), str(tmp_path / "out"))
     t = read_all(tmp_path / "out", units)
     assert t[COL.STATUS].to_pylist() == ["invalid_url"] * 5
-    assert t[COL.CAPTION].to_pylist() == ["5", None, "a", "b", "c"]  # m.jsonl sorts first
+    assert t[COL.CAPTION].to_pylist() == [None, None, "a", "b", "c"]  # m.jsonl sorts first; 5 is not text
 
 
 def test_uid():
@@ -296,7 +296,7 @@ def test_dup_url_across_units_and_files_every_row_once(tmp_path):
     t = read_all(tmp_path / "out", units)
     keys = list(zip(t[COL.SOURCE_FILE].to_pylist(), t[COL.ROW_INDEX].to_pylist()))
     assert len(keys) == len(set(keys)) == 3 * 53
-    assert set(keys) == {(str(p), i) for p in files for i in range(53)}
+    assert set(keys) == {(p.name, i) for p in files for i in range(53)}
     seen, expected = set(), []
     for u in t[COL.URL].to_pylist():
         expected.append(u in seen)
@@ -312,7 +312,7 @@ def test_identical_rows_get_distinct_uids(tmp_path):
     uids = read_all(tmp_path / "out", units)[COL.UID].to_pylist()
     assert len(set(uids)) == 4
     assert uids[0] == make_uid("http://a.com/x.jpg", "same") and uids[3] == make_uid("http://a.com/y.jpg", "y")
-    assert uids[1] == make_uid("http://a.com/x.jpg", "same", f"{src}:1")  # deterministic: file and row
+    assert uids[1] == make_uid("http://a.com/x.jpg", "same", "dups.jsonl:1")  # deterministic: file and row
 
 
 def test_read_unit_missing(tmp_path):
@@ -343,6 +343,7 @@ def test_s3_inputs_on_moto_server(moto_s3):
         ("s3://bkt/lists/a.parquet", 2), ("s3://bkt/lists/a.parquet", 1), ("s3://bkt/lists/sub/b.jsonl.gz", 2)]
     t = read_all("s3://bkt/run", units)
     assert t[COL.URL].to_pylist() == [r["url"] for r in ROWS]
+    assert t[COL.SOURCE_FILE].to_pylist() == ["a.parquet"] * 3 + ["sub/b.jsonl.gz"] * 2  # relative to s3://bkt/lists
     assert t[COL.DUP_URL].to_pylist()[-1] is True
     assert plan_units(cfg("s3://bkt/lists", unit_size=2), "s3://bkt/run") == units  # resume on S3
 
