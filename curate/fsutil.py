@@ -1,11 +1,15 @@
 """Filesystem access for local paths and object storage (s3://...) through pyarrow.fs, with atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+
+TMP_MARK = ".tmp-"  # atomic_write's temporary names: "<final name>.tmp-<8 hex>"
 
 
 def get_fs(path: str) -> tuple[pafs.FileSystem, str]:
@@ -25,6 +29,17 @@ def get_fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path.removeprefix("file://"))
 
 
+def normalise(path: str) -> str:
+    """One spelling per location, so a resume with `./out/x/` matches an output made with `out/x`:
+    local paths are normpath'd (still relative when given relative), s3:// URLs lose trailing slashes
+    (keys are otherwise left alone: `a//b` is a valid key of its own)."""
+    if path.startswith("s3://"):
+        return path.rstrip("/") if len(path.rstrip("/")) > len("s3:/") else path
+    if path.startswith("file://"):
+        return "file://" + os.path.normpath(path[len("file://"):])
+    return os.path.normpath(path) if path else path
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
@@ -41,10 +56,29 @@ def atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    os.replace(tmp, path)  # atomic on POSIX
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    # fsync the data before the rename and the folder after it: without both, a power loss or kernel
+    # crash can leave the new name pointing at a short or empty file, which a resume would then trust
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not leave half-written temporaries behind
+        raise
+    fsync_dir(os.path.dirname(path))
+
+
+def fsync_dir(path: str) -> None:
+    """Makes the renames and unlinks inside a local folder durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from curate import stage_io
 from curate.config import ClipConfig, RunConfig
 from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, set_column, set_status
+from curate.timing import Phases
 
 
 def _prefetch_duplicates(table: pa.Table, cfg: RunConfig) -> pa.Table:
@@ -31,13 +32,16 @@ def _images_of(table: pa.Table) -> list[tuple[str, bytes]]:
     return out
 
 
-def _fetch_and_hash(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, dict]:
+def _fetch_and_hash(table: pa.Table, cfg: RunConfig, ph: Phases | None = None) -> tuple[pa.Table, dict]:
     from curate.download import download_stage  # heavy imports stay inside the worker
 
-    table, stats = download_stage(table, cfg.download, cfg.image)
+    ph = ph or Phases()
+    with ph("download"):
+        table, stats = download_stage(table, cfg.download, cfg.image)
     if cfg.dedup.enabled:
         from curate.dedup import add_hashes
-        table = add_hashes(table, cfg.dedup)
+        with ph("hashing"):
+            table = add_hashes(table, cfg.dedup)
     # a row that failed after download must not carry an image into the stage tar
     if COL.IMAGE in table.column_names:
         keep = ok_mask(table)
@@ -56,10 +60,13 @@ def _score_in_unit(table: pa.Table, unit_id: int, cfg: RunConfig) -> dict:
     """Scores the unit's ok rows in this task (CPU-only clusters) and writes its scores file, so the
     scoring pass skips it: no second read and decode of the stage tar, and the model's CPU work overlaps
     the other units' network waits. Returns timing stats."""
+    from curate.clip.model import scorer_identity  # heavy imports stay inside the worker
+
     t0 = time.time()
     rows = table.filter(ok_mask(table)).select([COL.UID, COL.IMAGE, COL.CAPTION_CLEAN])
     preprocess, scorer = _clip_stages(cfg.clip)
-    stage_io.write_scores(cfg.output, unit_id, scorer(preprocess(rows)) if rows.num_rows else rows)
+    stage_io.write_scores(cfg.output, unit_id, scorer(preprocess(rows)) if rows.num_rows else rows,
+                          scorer_identity(cfg.clip.model, cfg.clip.pretrained))
     return {"clip_scored": rows.num_rows, "clip_seconds": round(time.time() - t0, 3)}
 
 
@@ -70,12 +77,16 @@ def _finish(table: pa.Table, unit_id: int, output: str, stats: dict, t0: float) 
     stats = {**stats, "unit_id": unit_id, "rows": ledger.num_rows, "images": len(images),
              "status_counts": {d["values"]: d["counts"] for d in counts},
              "unit_seconds": round(time.time() - t0, 3)}
-    stage_io.write_unit(output, unit_id, ledger, images, stats)
+    ph = Phases()
+    with ph("stage_write"):
+        stage_io.write_unit(output, unit_id, ledger, images, stats)
+    stats.setdefault("timings", {}).update(ph.as_dict())  # in the returned stats only: the file is written
     return stats
 
 
 def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, score: bool = False) -> dict:
-    """Runs phase A on one unit and writes stage/<unit>.{tar,parquet,_stats.json}; returns its stats.
+    """Runs phase A on one unit and writes stage/<unit>.{tar,parquet,_stats.json} and, last, its completion
+    record (stage/<unit>.done.json); returns its stats.
 
     extra_stats (e.g. the worker's node id) is recorded in the unit's stats file. score=True also writes
     the unit's CLIP scores here (the driver asks for it on CPU-only clusters, see clip.cpu_in_units).
@@ -83,14 +94,19 @@ def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, 
     from curate.reader import read_unit
     from curate.language import prefilter
 
-    t0 = time.time()
-    table = read_unit(cfg.output, unit_id)
-    table = prefilter(table, cfg.text, cfg.language)
-    table = _prefetch_duplicates(table, cfg)
-    table, stats = _fetch_and_hash(table, cfg)
+    t0, ph = time.time(), Phases()  # the unit's time breakdown, recorded in its stats as "timings"
+    if cfg.clip.enabled:  # scores of an earlier, partial or corrupt attempt must not outlive the redo
+        stage_io.invalidate_scores(cfg.output, unit_id)
+    with ph("read"):
+        table = read_unit(cfg.output, unit_id)
+    with ph("prefilter"):
+        table = prefilter(table, cfg.text, cfg.language)
+        table = _prefetch_duplicates(table, cfg)
+    table, stats = _fetch_and_hash(table, cfg, ph)
     if score:
-        stats.update(_score_in_unit(table, unit_id, cfg))  # before the ledger: the unit is done only after
-    return _finish(table, unit_id, cfg.output, {**stats, **(extra_stats or {})}, t0)
+        with ph("scoring"):
+            stats.update(_score_in_unit(table, unit_id, cfg))  # before the unit: it is done only after
+    return _finish(table, unit_id, cfg.output, {**stats, **(extra_stats or {}), "timings": ph.as_dict()}, t0)
 
 
 def retry_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) -> dict | None:

@@ -8,27 +8,42 @@ Phase C: shards, metadata, manifest, report.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 
-from curate import fsutil
+from curate import fsutil, output_guard
 from curate.config import ConfigError, RunConfig, documented_yaml, dump_yaml, load_config, to_dict
 from pipelines.cli import build_parser, overrides_from_args
-from pipelines.progress import Progress
+from pipelines.progress import Progress, RunTimes
 
-# keys that may change between a run and its resume without changing any output
+# keys that may change between a run and its resume without changing any stage (phase-A) output: run
+# settings, and what only scoring and phases B/C use. A rerun with another scorer rescores the units whose
+# scores another scorer made (stage_io.scores_done) and selects again: the bootstrap recipe (build without
+# CLIP, train a scorer on the kept set, rebuild with it) fetches nothing twice.
 RESUME_NEUTRAL = ("overwrite", "progress", "num_cpus", "ray_address", "max_units_in_flight",
-                  "download.retry_failed", "download.threads")
+                  "download.retry_failed", "download.threads", "seed", "clip", "balance", "shards",
+                  "dedup.k", "dedup.max_bucket", "dedup.spread_min", "dedup.eval_hashes")
 
 
 class RunError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
+def normalised(cfg: RunConfig) -> RunConfig:
+    """cfg with its output and local input paths in one spelling (fsutil.normalise), so `./out/x/` resumes
+    an output made with `out/x` and the saved config and manifest do not depend on the spelling."""
+    paths = tuple(fsutil.normalise(p) for p in cfg.input.paths)
+    return replace(cfg, output=fsutil.normalise(cfg.output), input=replace(cfg.input, paths=paths))
+
+
 def _comparable(cfg_dict: dict) -> dict:
     d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg_dict.items()}
+    # an output saved by a version that kept the spelling as given still resumes
+    d["output"] = fsutil.normalise(d.get("output") or "")
+    if isinstance(d.get("input"), dict) and d["input"].get("paths"):
+        d["input"]["paths"] = [fsutil.normalise(p) for p in d["input"]["paths"]]
     for key in RESUME_NEUTRAL:
         parts = key.split(".")
         node = d
@@ -50,13 +65,12 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def prepare_output(cfg: RunConfig) -> None:
-    """Creates the output, or checks that an existing one was made with the same config (resume)."""
+    """Saves the config into a new output, or checks that an existing one was made with the same config
+    (resume). Run it through claim_output, which checks and locks the output first."""
     import yaml
 
     fs, out = fsutil.get_fs(cfg.output)
     cfg_path = fsutil.join(out, "config.yaml")
-    if cfg.overwrite and fsutil.exists(fs, out):
-        fs.delete_dir(out) if not fsutil.is_local(fs) else shutil.rmtree(out)
     if fsutil.exists(fs, cfg_path):
         old = yaml.safe_load(fsutil.read_bytes(fs, cfg_path)) or {}
         diff = _diff_keys(_comparable(old), _comparable(to_dict(cfg)))
@@ -64,6 +78,37 @@ def prepare_output(cfg: RunConfig) -> None:
             raise RunError(f"output {cfg.output} was made with a different config (differs in: "
                            f"{', '.join(diff[:8])}); rerun with the same config to resume, or pass --overwrite")
     fsutil.atomic_write(fs, cfg_path, dump_yaml(cfg).encode())
+
+
+@contextmanager
+def _one_line(output: str):
+    """Refusals and OS errors (permissions, a file in the way, S3 credentials) as one-line RunErrors."""
+    try:
+        yield
+    except output_guard.OutputError as e:
+        raise RunError(str(e)) from None
+    except OSError as e:
+        raise RunError(output_guard.describe_os_error(output, e)) from None
+
+
+@contextmanager
+def claim_output(cfg: RunConfig):
+    """The output for this run: checked (a new or empty folder or a curate output holding no input),
+    locked until the run ends, emptied of curate's entries on --overwrite, its config saved or compared."""
+    with _one_line(cfg.output):
+        output_guard.check_output(cfg.output, cfg.input.paths, cfg.overwrite)
+        lock = output_guard.OutputLock(cfg.output)
+        lock.acquire()
+    try:
+        with _one_line(cfg.output):
+            if cfg.overwrite:
+                gone = output_guard.clear_output(cfg.output)
+                if gone:
+                    print(f"--overwrite: deleted {', '.join(gone)} from {cfg.output}", file=sys.stderr)
+            prepare_output(cfg)
+        yield
+    finally:
+        lock.release()
 
 
 def check_dependencies(cfg: RunConfig) -> None:
@@ -78,26 +123,22 @@ def check_dependencies(cfg: RunConfig) -> None:
 
 @contextmanager
 def ray_session(cfg: RunConfig):
-    """Connects to a cluster (RAY_ADDRESS, ray job submit, or cfg.ray_address) or starts local Ray."""
+    """Connects to a cluster (RAY_ADDRESS, ray job submit, or cfg.ray_address) or starts local Ray
+    (pipelines/ray_start.py: its own session, retries; a start that keeps failing is a RunError)."""
+    from contextlib import ExitStack
+
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        env = {"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}}
-        if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=True)
-            print(f"connected to Ray cluster at {address}", file=sys.stderr)
-        else:
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=env,
-                     configure_logging=False)
-            print(f"started local Ray with {ray.cluster_resources().get('CPU', 0):.0f} CPUs", file=sys.stderr)
-        started = True
-    try:
+    from pipelines.ray_start import RayStartError, cluster_session, local_session
+
+    with ExitStack() as stack:
+        if not ray.is_initialized():  # else the caller owns Ray (tests, notebooks)
+            address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+            try:
+                stack.enter_context(cluster_session(address) if address else local_session(cfg.num_cpus))
+            except RayStartError as e:
+                raise RunError(str(e)) from None
         yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _process_unit_task(args):
@@ -123,12 +164,21 @@ def score_in_units(cfg: RunConfig) -> bool:
     return True
 
 
-def phase_a(cfg: RunConfig, units: list) -> None:
-    """Downloads every unit not yet complete (and retries failures when asked), with progress."""
-    from curate.parallel import parallel_map
-    from curate.stage_io import unit_done
+def cluster_cpus() -> int:
+    """CPUs of the connected Ray cluster (what the planner cuts small inputs for)."""
+    import ray
 
-    todo = [u for u in units if not unit_done(cfg.output, u.unit_id)]
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None) -> None:
+    """Downloads every unit not yet complete (and retries failures when asked), with progress; adds each
+    finished unit's time breakdown to `times`."""
+    from curate.parallel import parallel_map
+    from curate.stage_io import done_units
+
+    done = done_units(cfg.output, [u.unit_id for u in units])  # a partial or corrupt unit is redone
+    todo = [u for u in units if u.unit_id not in done]
     retry = [u for u in units if u not in todo] if cfg.download.retry_failed else []
     print(f"phase A: {len(units)} units, {len(units) - len(todo)} already complete, {len(todo)} to fetch"
           + (f", {len(retry)} to re-check for retryable failures" if retry else ""), file=sys.stderr)
@@ -140,6 +190,8 @@ def phase_a(cfg: RunConfig, units: list) -> None:
     prog = Progress("download", len(jobs), sum(rows[j[0]] for j in jobs), enabled=cfg.progress)
 
     def on_result(_i, stats):
+        if times is not None:
+            times.add_unit(stats)
         if stats is None:  # a retry with nothing to retry
             prog.update(0)
             return
@@ -170,14 +222,25 @@ def run(cfg: RunConfig) -> dict:
         raise RunError("no output given: pass --output DIR (or output: in the config)")
     if not cfg.input.paths:
         raise RunError("no input given: pass --input FILE|DIR|GLOB (or input.paths in the config)")
-    check_dependencies(cfg)
-    prepare_output(cfg)
+    cfg = normalised(cfg)
+    times = RunTimes()  # the breakdown of where the time goes: stage/timings.json
     t0 = time.time()
-    with ray_session(cfg):
-        units = plan_units(cfg.input, cfg.output)
-        phase_a(cfg, units)
-        phase_scoring(cfg, units)
-        manifest = phase_b_c(cfg, units)
+    with times.run("check_dependencies"):
+        check_dependencies(cfg)
+    with claim_output(cfg), ExitStack() as ray_up:
+        with times.run("ray_start"):
+            ray_up.enter_context(ray_session(cfg))
+        with times.run("plan"):
+            units = plan_units(cfg.input, cfg.output, cpus=cluster_cpus())
+        with times.run("phase_a"):
+            phase_a(cfg, units, times)
+        with times.run("scoring_pass"):
+            phase_scoring(cfg, units)
+        manifest = phase_b_c(cfg, units, times.run)
+        with times.run("ray_teardown"):
+            ray_up.close()
+        times.write(cfg.output)
+    print(times.summary(), file=sys.stderr)
     manifest_time = time.time() - t0
     print(f"run finished in {manifest_time:.1f} s -> {cfg.output}", file=sys.stderr)
     return manifest

@@ -1,8 +1,15 @@
-"""Progress of a phase: a bar on a terminal, periodic log lines otherwise (rows, images, rate, ETA, failures)."""
+"""Progress of a phase: a bar on a terminal, periodic log lines otherwise (rows, images, rate, ETA, failures);
+and the run's time breakdown per phase (stage/timings.json)."""
 from __future__ import annotations
 
+import json
 import sys
 import time
+
+from curate import fsutil
+from curate.timing import Phases, TreeCpu, merge
+
+TIMINGS_FILE = "timings.json"  # under the output's stage folder: the breakdown of the latest run
 
 
 class Progress:
@@ -49,3 +56,41 @@ class Progress:
             self._bar.close()
         if self.enabled:
             print(f"[{self.phase}] done in {time.time() - self.t0:.1f} s", file=sys.stderr, flush=True)
+
+
+class RunTimes:
+    """The run's time breakdown: the driver's phases (wall seconds; CPU seconds of the driver's process
+    tree, local Ray included) and the units' phases summed over the units this run processed (wall and
+    CPU seconds inside the tasks; download.* sub-phases are per-row work: thread-seconds and thread CPU)."""
+
+    def __init__(self):
+        self.run = Phases(TreeCpu())
+        self.units: dict[str, dict] = {}
+        self.units_timed = 0
+
+    def add_unit(self, stats: dict | None) -> None:
+        """Adds one finished unit's stats (process_unit / retry_unit); None (nothing retried) adds nothing."""
+        if not stats:
+            return
+        merge(self.units, stats.get("timings", {}))
+        merge(self.units, {f"download.{k}": v for k, v in stats.get("download_timings", {}).items()})
+        self.units_timed += 1
+
+    def as_dict(self) -> dict:
+        return {"run": self.run.as_dict(), "units": self.units, "units_timed": self.units_timed}
+
+    def write(self, output: str) -> None:
+        """<output>/stage/timings.json (replaced by each run or resume)."""
+        from curate.stage_io import STAGE_DIR
+        fs, out = fsutil.get_fs(output)
+        fsutil.atomic_write(fs, fsutil.join(out, STAGE_DIR, TIMINGS_FILE),
+                            json.dumps(self.as_dict(), indent=1).encode())
+
+    def summary(self) -> str:
+        """One line per driver phase and per unit phase: where the run's time went."""
+        lines = ["time per phase (wall s / CPU s):"]
+        lines += [f"  {k:<22} {v['wall_s']:>9.1f} {v['cpu_s']:>9.1f}" for k, v in self.run.as_dict().items()]
+        lines.append(f"  in units, summed over {self.units_timed} (wall or thread s / CPU s):")
+        lines += [f"  {k:<22} {v.get('wall_s', v.get('thread_s', 0.0)):>9.1f} {v.get('cpu_s', 0.0):>9.1f}"
+                  for k, v in self.units.items()]
+        return "\n".join(lines)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import ray
 
 from curate import fsutil, stage_io
+from curate.clip.model import scorer_identity
 from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipPreprocess, ClipScorer
 from curate.config import ClipConfig
 from curate.schema import COL, Status
@@ -79,7 +80,7 @@ def write_unit_scores(output: str, unit_id: int, rows: pa.Table, cfg: ClipConfig
         emb = rows.select([COL.UID, IMAGE_EMB, TEXT_EMB]) if rows.num_rows else pa.table(
             {COL.UID: pa.array([], pa.string())})
         fsutil.atomic_write(fs, paths["embeddings"], stage_io.parquet_bytes(emb))
-    stage_io.write_scores(output, unit_id, rows)
+    stage_io.write_scores(output, unit_id, rows, scorer_identity(cfg.model, cfg.pretrained))
 
 
 def _empty_rows(cfg: ClipConfig) -> pa.Table:
@@ -88,11 +89,13 @@ def _empty_rows(cfg: ClipConfig) -> pa.Table:
                      COL.CLIP_PRETRAINED: pa.array([], pa.string())})
 
 
-def pending_units(output: str, unit_ids: list[int]) -> list[int]:
-    """Completed units (ledger written) whose scores file is missing."""
-    fs, out = fsutil.get_fs(output)
-    return [u for u in unit_ids if stage_io.unit_done(output, u)
-            and not fsutil.exists(fs, stage_io.unit_paths(out, u)["scores"])]
+def pending_units(output: str, unit_ids: list[int], cfg: ClipConfig) -> list[int]:
+    """Completed units whose scores are missing, do not match their completion record, or were made by
+    another scorer (a rebuild with new weights rescores). Phase A has just verified the units' digests,
+    so sizes suffice here."""
+    scorer = scorer_identity(cfg.model, cfg.pretrained)
+    return [u for u in unit_ids if stage_io.unit_done(output, u, digests=False)
+            and not stage_io.scores_done(output, u, scorer=scorer)]
 
 
 def _build_dataset(output: str, units: list[int], cfg: ClipConfig):
@@ -108,7 +111,7 @@ def score_units(output: str, unit_ids: list[int], cfg: ClipConfig) -> dict:
     """Scores every ok row of the completed units not yet scored; writes per-unit scores files as each
     unit completes (a rerun resumes). Returns counts, wall seconds and images/s."""
     t0 = time.time()
-    todo = pending_units(output, unit_ids)
+    todo = pending_units(output, unit_ids, cfg)
     expected = {u: len(_ok_uids(output, u)) for u in todo}
     for u in [u for u in todo if expected[u] == 0]:
         write_unit_scores(output, u, _empty_rows(cfg), cfg)  # all rows failed earlier: empty file, unit done

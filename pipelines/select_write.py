@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from curate import fsutil, stage_io
 from curate.config import RunConfig
 from curate.schema import COL, Status, conform, ok_mask
+from curate.timing import Phases
 
 SCORE_COLS = (COL.CLIP_SCORE, COL.CLIP_MODEL, COL.CLIP_PRETRAINED)
 
@@ -75,21 +76,27 @@ def plan_inputs(output: str) -> list[dict]:
     return [{"path": f["path"], "rows": f["rows"]} for f in plan["files"]]
 
 
-def phase_b_c(cfg: RunConfig, units: list) -> dict:
-    """Selection and final write; returns the manifest (and prints the funnel)."""
+def phase_b_c(cfg: RunConfig, units: list, phases: Phases | None = None) -> dict:
+    """Selection and final write; returns the manifest (and prints the funnel). `phases` times each step."""
     from curate.select import select
     from curate.writer import write_outputs
 
-    ledger = load_ledger(cfg, units)
-    drops = dedup_drops(cfg, ledger)
+    phases = phases or Phases()
+    with phases("phase_b_load"):
+        ledger = load_ledger(cfg, units)
+    with phases("phase_b_dedup"):
+        drops = dedup_drops(cfg, ledger)
     t0 = time.time()
-    final, stats = select(ledger, drops, cfg)
+    with phases("phase_b_select"):
+        final, stats = select(ledger, drops, cfg)
     kept = pc.sum(pc.equal(final[COL.STATUS], Status.KEPT)).as_py() or 0
     print(f"phase B: selection kept {kept} of {final.num_rows} rows in {time.time() - t0:.1f} s", file=sys.stderr)
     t0 = time.time()
-    manifest = write_outputs(cfg.output, final, cfg, plan_inputs(cfg.output), selection=stats)
+    with phases("phase_c_write"):
+        manifest = write_outputs(cfg.output, final, cfg, plan_inputs(cfg.output), selection=stats)
     print(f"phase C: wrote {len(manifest.get('shards', []))} shards in {time.time() - t0:.1f} s", file=sys.stderr)
-    _report(cfg, manifest)
+    with phases("report"):
+        _report(cfg, manifest)
     return manifest
 
 
