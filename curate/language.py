@@ -115,6 +115,17 @@ class LangdetectEngine:
         self._words = np.zeros(0, dtype=np.int64)
         self._gauss: dict[int, tuple[float, float]] = {}
         self._grow_words(1 << 16)
+        self.prior: np.ndarray | None = None  # langdetect's prior map (Detector.set_prior_map), normalised
+
+    def set_prior(self, weights: dict[str, float] | None) -> None:
+        """langdetect's prior map over ISO codes (zh spreads over zh-cn/zh-tw); None: uniform, as by default."""
+        if not weights:
+            self.prior = None
+            return
+        p = np.array([float(weights.get(c, 0.0)) for c in self.codes])
+        if (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"langdetect prior needs non-negative weights with a positive sum: {weights}")
+        self.prior = p / p.sum()
 
     # ---- features: exactly Detector.append + cleaning_text + _extract_ngrams
     def features(self, text: str) -> list[int]:
@@ -228,7 +239,7 @@ class LangdetectEngine:
         if new.size:
             z[even] = pairs[:, 0]
         st.weight[cs] = (_ALPHA + z * _ALPHA_WIDTH) / _BASE_FREQ
-        st.prob[cs] = 1.0 / len(self.langs)
+        st.prob[cs] = 1.0 / len(self.langs) if self.prior is None else self.prior
         st.first[cs] = True
         st.icheck[cs] = 0
         self._fill(st, cs, pos[cs])
@@ -387,17 +398,24 @@ class LinguaEngine:
             builder = builder.with_low_accuracy_mode()
         self._det = builder.build()
 
-    def detect(self, texts: list[str]) -> tuple[list[str], list[float]]:
-        """Top language and its confidence per text ('und', 0.0 when lingua has no answer)."""
-        langs, probs = [], []
+    def detect(self, texts: list[str], codes: list[str]) -> tuple[list[str], list[float], list[np.ndarray | None]]:
+        """Top language, its confidence and all confidences over `codes` per text ('und', 0.0, None when lingua
+        has no answer)."""
+        index = {c: j for j, c in enumerate(codes)}
+        langs, probs, vecs = [], [], []
         for values in self._det.compute_language_confidence_values_in_parallel(texts):
             if not values or values[0].value <= 0.0:
                 langs.append(UND)
                 probs.append(0.0)
-            else:
-                langs.append(iso639_1(values[0].language.iso_code_639_1.name))
-                probs.append(float(values[0].value))
-        return langs, probs
+                vecs.append(None)
+                continue
+            langs.append(iso639_1(values[0].language.iso_code_639_1.name))
+            probs.append(float(values[0].value))
+            vec = np.zeros(len(codes), dtype=np.float32)
+            for v in values:  # nb and nn both count as no
+                vec[index[iso639_1(v.language.iso_code_639_1.name)]] += v.value
+            vecs.append(vec)
+        return langs, probs, vecs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,41 +432,62 @@ class LanguageDetector:
         self.backend, self.seed, self.min_letters = backend, seed, min_letters
         if backend == "langdetect":
             self._engine = LangdetectEngine(seed)
+            self.codes = sorted(set(self._engine.codes))
         else:
             self._engine = LinguaEngine(lingua_low_accuracy)
-        self._cache: dict[str, tuple[str, float]] = {}
+            self.codes = sorted({iso639_1(c) for c in LINGUA_CODES})
+        # cleaned text -> (top language, its probability, float32 probabilities over self.codes)
+        self._cache: dict[str, tuple[str, float, np.ndarray | None]] = {}
 
     def detect_batch(self, texts: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
         """(ISO 639-1 codes or 'und', float32 probabilities) for each text; None and letter-less texts are 'und'."""
+        _, langs, probs, _ = self.detect_full(texts)
+        return langs, probs
+
+    def detect_full(self, texts: Sequence[str | None]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+        """(cleaned texts, top codes, top probabilities, (n, len(self.codes)) probabilities; NaN rows for 'und')."""
         cleaned = [clean_for_detection(t) for t in texts]
         todo = sorted({c for c in cleaned if c not in self._cache and letter_count(c) >= self.min_letters})
         if len(self._cache) + len(todo) > self.CACHE_MAX:
             self._cache.clear()
-        self._cache.update(zip(todo, zip(*self._detect(todo))) if todo else {})
+        if todo:
+            self._cache.update(zip(todo, zip(*self._detect(todo))))
         langs, probs = [], np.zeros(len(texts), dtype=np.float32)
+        mat = np.full((len(texts), len(self.codes)), np.nan, dtype=np.float32)
         for i, c in enumerate(cleaned):
-            lang, p = self._cache.get(c, (UND, 0.0))
+            lang, p, vec = self._cache.get(c, (UND, 0.0, None))
             langs.append(lang)
             probs[i] = p
-        return langs, probs
+            if vec is not None:
+                mat[i] = vec
+        return cleaned, langs, probs, mat
 
-    def _detect(self, texts: list[str]) -> tuple[list[str], list[float]]:
+    def _detect(self, texts: list[str]) -> tuple[list[str], list[float], list[np.ndarray | None]]:
         if self.backend == "lingua":
-            return self._engine.detect(texts)
-        eng, langs, probs = self._engine, [], []
+            return self._engine.detect(texts, self.codes)
+        eng, langs, probs, vecs = self._engine, [], [], []
+        member = _membership(eng.codes, self.codes)
         for i in range(0, len(texts), self.CHUNK):  # bounds the lockstep state (~2.5 KB per text)
             part = texts[i:i + self.CHUNK]
-            lg, pr = _top_codes(eng.probabilities([eng.features(t) for t in part]), eng.codes)
+            raw = eng.probabilities([eng.features(t) for t in part])
+            lg, pr = _top_codes(raw, eng.codes)
             langs += lg
             probs += pr
-        return langs, probs
+            summed = np.minimum(raw @ member, 1.0).astype(np.float32)
+            vecs += [None if np.isnan(row).any() else row for row in summed]
+        return langs, probs, vecs
+
+
+def _membership(variants: list[str], codes: list[str]) -> np.ndarray:
+    """(len(variants), len(codes)) 0/1 matrix: which ISO code each backend variant (zh-cn, zh-tw) belongs to."""
+    return np.array([[v == c for c in codes] for v in variants], dtype=np.float64)
 
 
 def _top_codes(langprob: np.ndarray, codes: list[str]) -> tuple[list[str], list[float]]:
     """langdetect's first answer (largest probability above 0.1), mapped to ISO 639-1; the probability is summed
     over variants of that code (zh-cn + zh-tw). No answer -> 'und'."""
     uniq = sorted(set(codes))
-    member = np.array([[c == u for u in uniq] for c in codes], dtype=np.float64)  # (langs, codes)
+    member = _membership(codes, uniq)  # (langs, codes)
     valid = ~np.isnan(langprob).any(axis=1)
     lp = np.where(valid[:, None], langprob, 0.0)
     top = np.argmax(lp, axis=1)
@@ -472,13 +511,145 @@ def get_detector(cfg: LanguageConfig) -> LanguageDetector:
 
 
 def check_backend(cfg: LanguageConfig) -> None:
-    """Raises ImportError now (at pipeline build) when the configured backend is not installed."""
-    if cfg.enabled:
-        __import__("langdetect" if cfg.backend == "langdetect" else "lingua")
+    """Raises now (at pipeline build) when the configured backend, decision or word lists are unusable; builds
+    the word index here (once per host) rather than on every worker at once."""
+    if not cfg.enabled:
+        return
+    if cfg.decision not in DECISIONS:
+        raise ValueError(f"language.decision {cfg.decision!r} is not one of {', '.join(DECISIONS)}")
+    if cfg.word_lists not in WORD_LISTS:
+        raise ValueError(f"language.word_lists {cfg.word_lists!r} is not one of {', '.join(WORD_LISTS)}")
+    __import__("langdetect" if cfg.backend == "langdetect" else "lingua")
+    if cfg.decision == "evidence" and cfg.word_lists != "none" and "all" not in cfg.languages:
+        __import__("simplemma")
+        if cfg.word_lists == "all":
+            from curate.langrules import word_index
+
+            word_index(cfg.word_index_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decisions. `argmax` is the detector's answer against the kept set. `evidence` (the default) drops a caption
+# as another language only when that language clearly beats every kept one: a script that no kept language
+# is written in decides at once; then the words (word_lists): with `all`, every language's list weighs them
+# (a word known in k lists gives 1/k to each: "chat" is English and French, "chaton" only French); another
+# language must know more of the words than every kept language, or as many with more weight while the
+# detector gives the kept languages less than tie_keep_prob. Captions none of whose words any list knows (and
+# `kept`, `none`) go to the backend: its best other language must beat its best kept one by `margin`. What is
+# left is 'und'.
+DECISIONS = ("evidence", "argmax")
+WORD_LISTS = ("all", "kept", "none")
+_NO_LIST = {"no": ("nb", "nn")}  # ISO 639-1 codes whose word lists go by other names
+_EPS = 1e-9
+
+
+def kept_word_lists(languages: Sequence[str]) -> list[frozenset[str]]:
+    """The word lists of the kept languages that have one (loaded once per process)."""
+    from curate.langrules import word_list
+
+    return [wl for code in languages for c in _NO_LIST.get(code, (code,)) if (wl := word_list(c))]
+
+
+def word_scores(cleaned: list[str], index) -> tuple[np.ndarray, np.ndarray]:
+    """(count, weight), each (len(cleaned), len(index.codes)): how many of a caption's words each list knows, and
+    the sum over them of 1/(lists knowing the word). Acronyms (NASA, BMW in a caption not all capitals) and
+    camera file prefixes carry no language."""
+    from curate.langrules import words_of
+
+    per_row = [[w.lower() for w in words_of(t, keep_case=True) if not (len(w) > 1 and w.isupper() and not t.isupper())]
+               for t in cleaned]
+    vocab = sorted({w for ws in per_row for w in ws})
+    masks = dict(zip(vocab, index.lookup(vocab).tolist()))
+    n_codes = len(index.codes)
+    count, weight = np.zeros((len(cleaned), n_codes)), np.zeros((len(cleaned), n_codes))
+    rows = [i for i, ws in enumerate(per_row) for _ in ws]
+    if not rows:
+        return count, weight
+    flat = np.array([masks[w] for ws in per_row for w in ws], dtype=np.uint64)
+    bits = ((flat[:, None] >> np.arange(n_codes, dtype=np.uint64)) & np.uint64(1)).astype(np.float64)
+    k = bits.sum(axis=1, keepdims=True)
+    np.add.at(count, rows, bits)
+    np.add.at(weight, rows, np.divide(bits, k, out=np.zeros_like(bits), where=k > 0))
+    return count, weight
+
+
+def _word_verdicts(cleaned: list[str], mat: np.ndarray, codes: list[str], wanted: set[str],
+                   cfg: LanguageConfig) -> tuple[np.ndarray, np.ndarray, list[str | None]] | None:
+    """(has words, drop, language) per row from every language's list; None when a kept language has no list."""
+    from curate.langrules import word_index
+
+    index = word_index(cfg.word_index_dir)
+    kept_bits = [index.bits[c] for code in sorted(wanted) for c in _NO_LIST.get(code, (code,)) if c in index.bits]
+    if not all(any(c in index.bits for c in _NO_LIST.get(code, (code,))) for code in wanted):
+        return None
+    count, weight = word_scores(cleaned, index)
+    other = np.ones(len(index.codes), dtype=bool)
+    other[kept_bits] = False
+    c_kept, w_kept = count[:, kept_bits].max(axis=1), weight[:, kept_bits].max(axis=1)
+    c_oth, w_oth = count[:, other], weight[:, other]
+    kept = np.array([c in wanted for c in codes])
+    p_kept = np.nan_to_num(mat)[:, kept].max(axis=1, initial=0.0)
+    tie = (c_oth == c_kept[:, None]) & (w_oth > w_kept[:, None] + _EPS)
+    drop = (c_oth > c_kept[:, None]).any(axis=1) | (tie.any(axis=1) & (p_kept < cfg.tie_keep_prob))
+    best = np.flatnonzero(other)[np.argmax(c_oth * 1000.0 + w_oth, axis=1)]
+    wins = (c_kept > c_oth.max(axis=1, initial=0.0)) | ((c_kept == c_oth.max(axis=1, initial=0.0))
+                                                        & (w_kept > w_oth.max(axis=1, initial=0.0) + _EPS))
+    best_kept = np.array(kept_bits)[np.argmax(count[:, kept_bits] * 1000.0 + weight[:, kept_bits], axis=1)]
+    names = [iso639_1(c) for c in index.codes]
+    lang = [names[b] if d else (names[k] if w else None) for d, b, k, w in zip(drop, best, best_kept, wins)]
+    return count.sum(axis=1) > 0, drop, lang
+
+
+def decide(cleaned: list[str], langs: list[str], probs: np.ndarray, mat: np.ndarray, codes: list[str],
+           cfg: LanguageConfig) -> tuple[list[str], np.ndarray]:
+    """(language per row, drop-as-lang mask) for detected rows; see DECISIONS."""
+    wanted = None if "all" in cfg.languages else set(cfg.languages)
+    if wanted is None or cfg.decision == "argmax":
+        return list(langs), language_drop_mask(langs, probs, cfg)
+    from curate.langrules import SCRIPT_LANGS, deciding_script, known_share, words_of
+
+    kept = np.array([c in wanted for c in codes])
+    verdicts = _word_verdicts(cleaned, mat, codes, wanted, cfg) if cfg.word_lists == "all" else None
+    lists = kept_word_lists(sorted(wanted)) if cfg.word_lists == "kept" else []
+    out, drop = list(langs), np.zeros(len(langs), dtype=bool)
+    for i, (text, lang) in enumerate(zip(cleaned, langs)):
+        script = deciding_script(text)
+        if script is not None and not wanted & set(SCRIPT_LANGS[script]):
+            drop[i] = True  # written in a script that no kept language uses: decided even for one character
+            out[i] = lang if lang in SCRIPT_LANGS[script] else SCRIPT_LANGS[script][0]
+            continue
+        if lang == UND:
+            drop[i] = not cfg.keep_und
+            continue
+        row = np.nan_to_num(mat[i])
+        best_kept = codes[int(np.argmax(np.where(kept, row, -1.0)))]
+        if verdicts is not None and verdicts[0][i]:
+            drop[i] = bool(verdicts[1][i])
+            word_lang = verdicts[2][i]
+            if drop[i]:
+                out[i] = word_lang
+            elif lang not in wanted:
+                out[i] = word_lang or UND  # the kept language's words win, or nothing tells
+                drop[i] = word_lang is None and not cfg.keep_und
+            else:
+                drop[i] = float(probs[i]) < cfg.min_lang_prob
+            continue
+        if lists and known_share(words_of(text), lists) >= cfg.min_known_share:
+            out[i] = lang if lang in wanted else best_kept  # the words are the kept language's
+            continue
+        p_kept, p_other = row[kept].max(initial=0.0), row[~kept].max(initial=0.0)
+        if p_other - p_kept > cfg.margin:
+            drop[i] = True
+        elif lang not in wanted:
+            out[i] = UND  # too little evidence either way
+            drop[i] = not cfg.keep_und
+        else:
+            drop[i] = float(probs[i]) < cfg.min_lang_prob
+    return out, drop
 
 
 def language_drop_mask(langs: list[str], probs: np.ndarray, cfg: LanguageConfig) -> np.ndarray:
-    """True where a detected row must be dropped as `lang`."""
+    """True where a detected row must be dropped as `lang` under the argmax rule (or languages = all)."""
     wanted = None if "all" in cfg.languages else set(cfg.languages)
     drop = np.zeros(len(langs), dtype=bool)
     for i, (lang, p) in enumerate(zip(langs, probs)):
@@ -490,12 +661,17 @@ def language_drop_mask(langs: list[str], probs: np.ndarray, cfg: LanguageConfig)
 
 
 def apply_language(table: pa.Table, cfg: LanguageConfig) -> pa.Table:
-    """Detects the language of rows still ok (lang, lang_prob; null for rows already dropped), drops as `lang`."""
+    """Detects the language of rows still ok (lang, lang_prob; null for rows already dropped), drops as `lang`.
+
+    lang_prob is the backend's probability of the language recorded (0.0 for 'und')."""
     if not cfg.enabled:
         return table
     rows = np.flatnonzero(ok_mask(table).to_numpy(zero_copy_only=False))
     texts = pc.take(table[COL.CAPTION_CLEAN], pa.array(rows, pa.int64())).to_pylist() if rows.size else []
-    langs, probs = get_detector(cfg).detect_batch(texts)
+    det = get_detector(cfg)
+    cleaned, langs, probs, mat = det.detect_full(texts)
+    langs, drop_rows = decide(cleaned, langs, probs, mat, det.codes, cfg)
+    probs = _prob_of(langs, probs, mat, det.codes, cfg)
     lang_col: list[str | None] = [None] * table.num_rows
     prob_col = np.full(table.num_rows, np.nan, dtype=np.float32)
     for r, lang, p in zip(rows, langs, probs):
@@ -504,8 +680,22 @@ def apply_language(table: pa.Table, cfg: LanguageConfig) -> pa.Table:
     table = set_column(table, COL.LANG, pa.array(lang_col, pa.string()))
     table = set_column(table, COL.LANG_PROB, pa.array(prob_col, pa.float32(), mask=np.isnan(prob_col)))
     drop = np.zeros(table.num_rows, dtype=bool)
-    drop[rows] = language_drop_mask(langs, probs, cfg)
+    drop[rows] = drop_rows
     return set_status(table, pa.array(drop, pa.bool_()), Status.LANG)
+
+
+def _prob_of(langs: list[str], top: np.ndarray, mat: np.ndarray, codes: list[str], cfg: LanguageConfig) -> np.ndarray:
+    """The backend's probability for each row's recorded language (the top answer's when it is unchanged)."""
+    if "all" in cfg.languages or cfg.decision == "argmax":
+        return top
+    index = {c: j for j, c in enumerate(codes)}
+    out = top.copy()
+    for i, lang in enumerate(langs):
+        if lang == UND:
+            out[i] = 0.0
+        elif not np.isnan(mat[i]).any():
+            out[i] = mat[i, index[lang]] if lang in index else out[i]
+    return out
 
 
 def prefilter(table: pa.Table, text: TextConfig, lang: LanguageConfig) -> pa.Table:
@@ -518,4 +708,5 @@ def prefilter(table: pa.Table, text: TextConfig, lang: LanguageConfig) -> pa.Tab
 
 
 __all__ = ["LanguageDetector", "LangdetectEngine", "LinguaEngine", "clean_for_detection", "get_detector",
-           "check_backend", "iso639_1", "prefilter", "apply_language", "language_drop_mask", "UND"]
+           "check_backend", "iso639_1", "prefilter", "apply_language", "decide", "language_drop_mask", "DECISIONS",
+           "WORD_LISTS", "word_scores", "UND"]

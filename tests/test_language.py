@@ -231,3 +231,142 @@ def test_engine_follows_its_seed(monkeypatch):
         assert [(lang, p) for p, lang in got] == [(x.lang, x.prob) for x in detect_langs(text)], text
     eng0 = LangdetectEngine(0)
     assert not np.array_equal(rows, eng0.probabilities([eng0.features(t) for t in texts]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Short captions: the kept languages' evidence (issue 13). Measured with tests/bench/bench_language.py.
+from tests.bench import alttext  # noqa: E402
+
+EN = LanguageConfig(languages=("en",))
+
+
+def _decide(texts, cfg=EN):
+    t = pa.table({COL.UID: [str(i) for i in range(len(texts))], COL.URL: [f"http://h/{i}" for i in range(len(texts))],
+                  COL.CAPTION: texts, COL.STATUS: [Status.OK] * len(texts)})
+    out = prefilter(t, TextConfig(min_words=0, min_chars=1), cfg)
+    return out[COL.LANG].to_pylist(), out[COL.REASON].to_pylist()
+
+
+ISSUE_EXAMPLES = ["just a astronaut", "random spaceman", "blurry galaxy", "Avoid rocket", "style, astronaut, style",
+                  "IMG 1234: red car", "stock photo: cat on sofa", "just a rocket", "Nespresso coffee capsules",
+                  "Chelsea the cat"]
+
+
+def test_short_english_captions_are_kept_under_languages_en():
+    langs, reasons = _decide(ISSUE_EXAMPLES)
+    assert reasons == [None] * len(ISSUE_EXAMPLES), list(zip(ISSUE_EXAMPLES, langs, reasons))
+    assert set(langs) <= {"en", "und"}
+
+
+def test_argmax_decision_is_the_old_behaviour():
+    _, reasons = _decide(ISSUE_EXAMPLES, LanguageConfig(languages=("en",), decision="argmax"))
+    assert reasons.count("lang") >= 3  # what the issue reported: short English dropped as et, pt, so, sv...
+
+
+@pytest.mark.parametrize("text", ["Eine rote Katze auf dem Sofa", "Katze auf dem Sofa", "Schwarzer Hund",
+                                  "chaton blanc sur le canapé", "perro negro en la calle", "gattino bianco", "zwarte kat",
+                                  "svart katt på soffan", "czerwony samochód", "pisică neagră", "musta kissa",
+                                  "siyah köpek", "kucing hitam", "Kätzchen"])
+def test_short_captions_in_other_languages_are_still_rejected(text):
+    _, reasons = _decide([text])
+    assert reasons == ["lang"], text
+
+
+@pytest.mark.parametrize("text,lang", [("猫", "zh"), ("子猫", "zh"), ("ねこ", "ja"), ("고양이", "ko"), ("кот", "ru"),
+                                       ("γάτα", "el"), ("قطة", "ar"), ("חתול", "he"), ("แมว", "th"), ("घर", "hi"),
+                                       ("Getty Images 猫", "zh"), ("Nikon D750 กล้อง", "th")])
+def test_script_decides_even_one_character(text, lang):
+    from curate.langrules import SCRIPT_LANGS
+
+    langs, reasons = _decide([text])
+    same_script = next(v for v in SCRIPT_LANGS.values() if lang in v)  # кот: ru or mk, either is Cyrillic
+    assert reasons == ["lang"] and langs[0] in same_script, (text, langs, reasons)
+
+
+def test_script_of_a_kept_language_is_kept():
+    langs, reasons = _decide(["кот", "Красивый вид на горы"], LanguageConfig(languages=("ru",)))
+    assert reasons == [None, None] and langs[1] == "ru"
+    langs, reasons = _decide(["Красивый вид на горы"], LanguageConfig(languages=("en", "ja")))
+    assert reasons == ["lang"]
+
+
+def test_too_little_evidence_is_und_and_keep_und_decides():
+    text = "Xqzt Vlorb"  # no word of any list, n-grams say little
+    langs, reasons = _decide([text], LanguageConfig(languages=("en",), margin=0.99))
+    assert langs == ["und"] and reasons == [None]
+    _, reasons = _decide([text], LanguageConfig(languages=("en",), margin=0.99, keep_und=False))
+    assert reasons == ["lang"]
+
+
+def test_generated_short_captions_recall_and_rejection():
+    """The issue's targets on 1-5 word alt-text captions in every generated language, keeping en, on a seed that
+    neither the rules nor the benchmark (seeds 11, 23) used: en recall >= 0.99, others rejected >= 0.97."""
+    rows = [c for lang in alttext.LANGS for c in alttext.captions(lang, 200, seed=5)]
+    langs, reasons = _decide([r.text for r in rows])
+    en = [r is None for r, c in zip(reasons, rows) if c.lang == "en"]
+    other = [r == "lang" for r, c in zip(reasons, rows) if c.lang != "en"]
+    assert sum(en) / len(en) >= 0.99, sum(en) / len(en)
+    assert sum(other) / len(other) >= 0.97, sum(other) / len(other)
+    scripted = [r == "lang" for r, c in zip(reasons, rows) if c.lang in ("ru", "uk", "el", "ar", "he", "hi", "zh",
+                                                                        "ja", "ko", "th")]
+    assert all(scripted)
+
+
+@pytest.mark.parametrize("text,kept", [("hubble deep field", True), ("chaton blanc", False), ("Getty Images cat", True),
+                                       ("chat rouge dans le jardin", False)])
+def test_every_language_list_weighs_the_words(text, kept):
+    """A word known in k lists gives 1/k to each: hubble (de, pl, sv, cs) loses to deep + field; chaton is French."""
+    _, reasons = _decide([text])
+    assert (reasons == [None]) == kept, (text, reasons)
+
+
+def test_word_scores_weigh_by_the_lists_that_know_a_word():
+    from curate.langrules import word_index
+    from curate.language import word_scores
+
+    index = word_index()
+    count, weight = word_scores(["chaton", "NASA cat", "zzqxv"], index)
+    fr, en = index.bits["fr"], index.bits["en"]
+    assert count[0, fr] == 1 and count[0, en] == 0 and weight[0, fr] > 0
+    assert count[1].max() == 1 and count[1, en] == 1  # the acronym carries no language, cat does
+    assert weight[1].sum() == pytest.approx(1.0) and count[2].sum() == 0  # one word's weight sums to 1
+
+
+def test_word_lists_kept_and_none_are_the_earlier_rules():
+    _, reasons = _decide(["Nespresso coffee capsules"], LanguageConfig(languages=("en",), word_lists="kept"))
+    assert reasons == [None]
+    with pytest.raises(ValueError, match="word_lists"):
+        from curate.language import check_backend
+
+        check_backend(LanguageConfig(languages=("en",), word_lists="some"))
+
+
+def test_unknown_decision_is_an_error_at_build():
+    from curate.language import check_backend
+
+    with pytest.raises(ValueError, match="decision"):
+        check_backend(LanguageConfig(decision="vote"))
+
+
+# ---- the caption generator the benchmarks share
+def test_alttext_lengths_languages_and_determinism():
+    import random
+
+    assert {"en", "de", "fr", "es", "it", "pt", "nl", "sv", "pl", "ro", "cs", "sk", "fi", "et", "tr", "id", "ru", "el",
+            "ar", "zh", "ja", "ko", "th"} <= set(alttext.LANGS)
+    for lang in alttext.LANGS:
+        rows = alttext.captions(lang, 60, seed=5)
+        assert rows == alttext.captions(lang, 60, seed=5)
+        assert {r.words for r in rows} == {1, 2, 3, 4, 5}
+        for r in rows:
+            assert r.text.strip() and r.lang == lang and r.subject in alttext.SUBJECTS
+            if lang not in alttext.UNSPACED:
+                assert len(r.text.split()) == r.words, r
+            if lang != "en":
+                assert not alttext._all_english(r.text), r
+    rng = random.Random(0)
+    assert all(1 <= len(alttext.caption("rocket", "en", rng, (1, 3)).split()) <= 3 for _ in range(50))
+    with pytest.raises(ValueError, match="language"):
+        alttext.caption("cat", "xx", rng)
+    with pytest.raises(ValueError, match="subject"):
+        alttext.caption("unicorn", "en", rng)

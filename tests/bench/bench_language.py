@@ -1,4 +1,5 @@
-"""Benchmark: plain langdetect.detect_langs loop vs this stage's langdetect and lingua backends on 20,000 captions."""
+"""Benchmark: plain langdetect.detect_langs loop vs this stage's langdetect and lingua backends on 20,000 captions,
+and the keep/drop decisions on short alt-text captions (tests/bench/alttext.py) for every option measured."""
 from __future__ import annotations
 
 import argparse
@@ -118,11 +119,154 @@ def recommend(res: dict) -> str:
             f"plain langdetect; lingua is {100 * gain:+.1f} points of accuracy for ~{mem:.0f} MB more per worker")
 
 
+SHORT_KEEP = ("en",)
+# name -> (backend, langdetect prior weight of the kept language or None, LanguageConfig fields)
+SHORT_OPTIONS: dict[str, tuple[str, float | None, dict]] = {"argmax (before)": ("langdetect", None, {"decision": "argmax"})}
+for _b, _p in (("langdetect", None), ("langdetect", 0.5), ("lingua", None)):
+    _tag = _b + ("" if _p is None else f"+prior{_p}")
+    for _m in (0.0, 0.5, 0.9):
+        SHORT_OPTIONS[f"{_tag} script+margin{_m}"] = (_b, _p, {"margin": _m, "word_lists": "none"})
+        SHORT_OPTIONS[f"{_tag} script+keptwords0.75+margin{_m}"] = (_b, _p, {"margin": _m, "word_lists": "kept"})
+    for _s in (0.5, 1.0):
+        SHORT_OPTIONS[f"{_tag} script+keptwords{_s}+margin0.5"] = (_b, _p, {"margin": 0.5, "word_lists": "kept",
+                                                                             "min_known_share": _s})
+    for _t in (0.0, 0.5, 0.9, 1.01):  # 0: a tie in coverage never drops; 1.01: the heavier list always wins it
+        SHORT_OPTIONS[f"{_tag} script+allwords tie{_t}"] = (_b, _p, {"word_lists": "all", "tie_keep_prob": _t})
+    SHORT_OPTIONS[f"{_tag} script+allwords tie0.5+margin0.5"] = (_b, _p, {"word_lists": "all", "margin": 0.5})
+HELD_OUT_OPTIONS = ("argmax (before)", "langdetect script+keptwords0.75+margin0.0", "langdetect script+allwords tie0.0",
+                    "langdetect script+allwords tie0.5", "langdetect script+allwords tie1.01")
+
+
+def short_captions(per_length: int, seed: int = 11, subjects: tuple[str, ...] | None = None):
+    """per_length captions of each length 1-5 in every language alttext writes (labelled, seeded)."""
+    from tests.bench import alttext
+
+    rows = []
+    for lang in alttext.LANGS:
+        for n in range(1, 6):
+            rows += alttext.captions(lang, per_length, seed=seed * 10 + n, words=(n, n),
+                                     subjects=subjects or alttext.SUBJECTS)
+    return rows
+
+
+def short_eval(rows, drop: list[bool]) -> dict:
+    """English recall and other-language rejection, overall, per language and per length."""
+    by: dict = {}
+    for r, d in zip(rows, drop):
+        for key in (("lang", r.lang), ("len", "en" if r.lang in SHORT_KEEP else "other", r.words)):
+            c = by.setdefault(key, [0, 0])
+            c[0] += d
+            c[1] += 1
+    kept = [r.lang in SHORT_KEEP for r in rows]
+    rec = sum(1 - d for d, k in zip(drop, kept) if k) / max(1, sum(kept))
+    rej = sum(d for d, k in zip(drop, kept) if not k) / max(1, len(kept) - sum(kept))
+    per_lang = {k[1]: round((1 - v[0] / v[1]) if k[1] in SHORT_KEEP else v[0] / v[1], 4)
+                for k, v in sorted(by.items()) if k[0] == "lang"}
+    return {"en_recall": round(rec, 4), "other_rejected": round(rej, 4),
+            "min_other_rejected": min(v for k, v in per_lang.items() if k not in SHORT_KEEP),
+            "per_language": per_lang,  # en: recall; others: share rejected
+            "en_recall_per_length": {str(k[2]): round(1 - v[0] / v[1], 4) for k, v in sorted(by.items())
+                                     if k[0] == "len" and k[1] == "en"},
+            "other_rejected_per_length": {str(k[2]): round(v[0] / v[1], 4) for k, v in sorted(by.items())
+                                          if k[0] == "len" and k[1] == "other"}}
+
+
+def short_detect(backend: str, prior: float | None, texts: list[str]):
+    """detect_full on a fresh detector (langdetect's prior set on the kept language when given); CPU seconds."""
+    from curate.language import LanguageDetector
+
+    det = LanguageDetector(backend=backend, seed=0)
+    if prior is not None:
+        rest = (1 - prior) / (len(det.codes) - 1)
+        det._engine.set_prior({c: prior if c in SHORT_KEEP else rest for c in det.codes})
+    det.detect_full(texts[:50])
+    det._cache.clear()
+    c0 = time.process_time()
+    out = det.detect_full(texts)
+    return det, out, time.process_time() - c0
+
+
+def short_options(rows, names, skip_lingua: bool) -> dict:
+    """Each named option of SHORT_OPTIONS on `rows`, keeping SHORT_KEEP; the default marked."""
+    from curate.config import LanguageConfig
+    from curate.langrules import word_index
+    from curate.language import decide
+
+    texts, default, runs, out = [r.text for r in rows], LanguageConfig(), {}, {}
+    word_index(default.word_index_dir)  # built or mapped once, outside the timed regions
+    for name in names:
+        backend, prior, fields = SHORT_OPTIONS[name]
+        if backend == "lingua" and skip_lingua:
+            continue
+        if (backend, prior) not in runs:
+            runs[backend, prior] = short_detect(backend, prior, texts)
+        det, (cleaned, langs, probs, mat), det_cpu = runs[backend, prior]
+        cfg = LanguageConfig(backend=backend, languages=SHORT_KEEP, **fields)
+        c0 = time.process_time()
+        _, drop = decide(cleaned, langs, probs, mat, det.codes, cfg)
+        cpu = det_cpu + time.process_time() - c0
+        out[name] = {**short_eval(rows, drop.tolist()), "captions_per_cpu_s": round(len(rows) / cpu, 1),
+                     "config": fields, "default": prior is None and cfg == LanguageConfig(
+                         backend=default.backend, languages=SHORT_KEEP) and backend == default.backend}
+        print(f"{name:45s}", {k: v for k, v in out[name].items() if not isinstance(v, dict)}, flush=True)
+    return out
+
+
+PREVIOUS_DEFAULT = "langdetect script+keptwords0.75+margin0.0"  # the kept-lists rule this default replaced
+
+
+def short_summary(res: dict) -> dict:
+    """The default against the previous default: recall, rejection (both splits) and captions per CPU second."""
+    default = next(k for k, v in res["options"].items() if v["default"])
+    out = {"default": default, "previous_default": PREVIOUS_DEFAULT}
+    for tag, name in (("", default), ("previous_", PREVIOUS_DEFAULT)):
+        for split, opts in (("", res["options"]), ("held_out_", res["held_out"]["options"])):
+            for key in ("en_recall", "other_rejected", "captions_per_cpu_s"):
+                out[f"{tag}{split}{key}"] = opts[name][key]
+    return out
+
+
+def short_benchmark(per_length: int, skip_lingua: bool) -> dict:
+    """Every option on seeded captions of all subjects; the main ones again on a held-out split (another seed,
+    subjects the rules were not tuned on)."""
+    from tests.bench import alttext
+
+    rows = short_captions(per_length)
+    held = alttext.SUBJECTS[10:]
+    held_rows = short_captions(per_length, seed=23, subjects=held)
+    res = {"keep": list(SHORT_KEEP), "n_captions": len(rows), "per_length_per_language": per_length,
+           "languages": sorted({r.lang for r in rows}), "seed": 11,
+           "tuning": "rules tuned on seed 11, subjects " + ", ".join(alttext.SUBJECTS[:10]) + " (100 per length)",
+           "options": short_options(rows, list(SHORT_OPTIONS), skip_lingua),
+           "held_out": {"seed": 23, "subjects": list(held), "n_captions": len(held_rows),
+                        "options": short_options(held_rows, HELD_OUT_OPTIONS, skip_lingua)}}
+    res["summary"] = short_summary(res)
+    return res
+
+
+def stage_decisions(texts: list[str], gold: list[str], unit: int) -> dict:
+    """The default decision keeping each language of the long labelled captions in turn: its recall there."""
+    from curate.config import LanguageConfig
+    from curate.language import decide, get_detector
+
+    det = get_detector(LanguageConfig())
+    cleaned, langs, probs, mat = det.detect_full(texts)
+    out = {}
+    for lang in sorted(set(gold)):
+        idx = [i for i, g in enumerate(gold) if g == lang]
+        _, drop = decide([cleaned[i] for i in idx], [langs[i] for i in idx], probs[idx], mat[idx], det.codes,
+                         LanguageConfig(languages=(lang,)))
+        out[lang] = round(1 - float(drop.mean()), 4)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--unit", type=int, default=10_000, help="captions per detect_batch call (work unit)")
     ap.add_argument("--skip-lingua", action="store_true")
+    ap.add_argument("--short-per-length", type=int, default=200, help="short captions per language and length")
+    ap.add_argument("--short-only", action="store_true", help="only the short-caption decisions")
     args = ap.parse_args(argv)
     texts, gold = make_captions(args.n)
     res: dict = {"n_captions": len(texts), "distinct": len(set(texts)), "unit": args.unit,
@@ -130,6 +274,11 @@ def main(argv=None) -> int:
                                                                       "numpy", "pyarrow")}
     print(f"{len(texts)} captions, {len(res['languages'])} languages", flush=True)
 
+    short = short_benchmark(args.short_per_length, args.skip_lingua)
+    if args.short_only:
+        print(json.dumps(short)[:2000])
+        return 0
+    res["short_captions"] = short
     from langdetect import detector_factory
     c0 = time.process_time()
     detector_factory.init_factory()  # profiles load once, outside every timed region (both use this factory)
@@ -158,6 +307,9 @@ def main(argv=None) -> int:
             res[f"ratio_{name}_vs_plain"] = round(res[name]["captions_per_cpu_s"] / base, 2)
             print(name, res[name], flush=True)
             del det
+    c0 = time.process_time()
+    res["stage_langdetect_keep_one_language_recall"] = stage_decisions(texts, gold, args.unit)
+    res["stage_langdetect_decisions_cpu_s"] = round(time.process_time() - c0, 2)
     res["peak_rss_mb"] = peak_rss_mb()
     res["recommended_default"] = recommend(res)
     res["notes"] = ("captions/s per core = captions / process CPU seconds (lingua runs threads: its CPU time is "
