@@ -6,7 +6,7 @@ import sys
 import time
 
 BENCHES = ["bench_language", "bench_download", "bench_dedup", "bench_scoring", "bench_select",
-           "bench_train", "bench_pipeline"]
+           "bench_train", "bench_pipeline", "bench_quality"]
 
 
 def main(argv=None) -> int:
