@@ -99,8 +99,8 @@ class DedupConfig:
     hash: str = "phash"                  # phash | dhash
     k: int = 8                           # Hamming distance for near-duplicates (pHash distances are even; see curate/dedup)
     low_detail_bits: int = 12            # dHash 0/1 bit imbalance that makes an image low-detail (33: off)
-    low_detail_k: int = 7                # a low-detail pair also needs the second hash within this
-    second_k: int = 6                    # second search: pairs within this on the second hash (-1: off) ...
+    low_detail_k: int = 8                # a low-detail pair also needs the second hash within this
+    second_k: int = 4                    # second search: pairs within this on the second hash (-1: off) ...
     loose_k: int = 16                    # ... count when the first hash is within this (crops that move pHash)
     trim_borders: bool = True            # trim uniform borders before hashing
     exact_sha256: bool = True            # identical bytes are duplicates whatever their URL

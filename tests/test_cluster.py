@@ -1,4 +1,5 @@
-"""Tests for global near-duplicate clustering: a real-photo near-duplicate set, banding vs brute force, Ray."""
+"""Tests for global near-duplicate clustering: a real-photo near-duplicate set, the search and the greedy
+leader rule against brute force (no chaining), the low-detail rule, the second search, Ray."""
 from __future__ import annotations
 
 import io
@@ -87,13 +88,13 @@ def pair_scores(groups: list[str], same: np.ndarray) -> dict:
     return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(1e-9, precision + recall)}
 
 
-def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None) -> pa.Table:
+def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash=None) -> pa.Table:
     n = len(hashes)
     return pa.table({
         COL.UID: uids or [f"u{i:04d}" for i in range(n)],
         COL.SHA256: sha or [f"s{i}" for i in range(n)],
         COL.PHASH: pa.array(hashes, pa.uint64()),
-        COL.DHASH: pa.array([None] * n, pa.uint64()),
+        COL.DHASH: pa.array(dhash or [None] * n, pa.uint64()),
         COL.CLIP_SCORE: pa.array(clip or [None] * n, pa.float32()),
         COL.WIDTH: pa.array(width or [100] * n, pa.int32()),
         COL.HEIGHT: pa.array(height or [100] * n, pa.int32()),
@@ -123,7 +124,8 @@ def photo_set():
 
 
 def _cluster_f1(groups, meta, k: int) -> dict:
-    labels = np.array(_clusters(meta, find_duplicates(meta, DedupConfig(k=k))))
+    """Pairwise scores at threshold k, the low-detail bound moved with it (the default's k - 1)."""
+    labels = np.array(_clusters(meta, find_duplicates(meta, DedupConfig(k=k, low_detail_k=max(0, k - 1)))))
     return pair_scores(groups, labels[:, None] == labels[None, :])
 
 
@@ -140,11 +142,12 @@ def test_near_duplicate_set_beats_imagehash(photo_set):
     ours_at_best = _cluster_f1(groups, meta, best)
     print(f"ours k={k}: {ours}; at k={best}: {ours_at_best}; imagehash k={k}: {theirs[k]:.3f}, "
           f"best k={best}: {theirs[best]:.3f}")
-    # measured at k=8: precision 1.0, recall 0.966, F1 0.983; imagehash 0.898 at k=8, best 0.994 at k=16
+    # measured at k=8: precision 1.0, recall 0.908, F1 0.952 (connected components: recall 0.966, through
+    # chains; leaders claim only what is within k of themselves); imagehash 0.898 at k=8, best 0.994 at k=16
     # (this set's hard negatives are all >= 18 bits apart, so imagehash can afford k=16 here; ours: F1 1.0)
-    assert ours["precision"] == 1.0 and ours["recall"] >= 0.94
-    assert ours["f1"] > 0.954
-    assert ours["f1"] > theirs[k] + 0.03           # same threshold: border trimming + union-find
+    assert ours["precision"] == 1.0 and ours["recall"] >= 0.9
+    assert ours["f1"] > 0.95
+    assert ours["f1"] > theirs[k] + 0.03           # same threshold: border trimming
     assert ours_at_best["f1"] > theirs[best]       # and at imagehash's own best threshold
 
 
@@ -156,8 +159,9 @@ def test_each_variant_clusters_with_its_original_and_crops_do_not(photo_set):
     for variant in VARIANTS:
         hits = [labels[i] == original[g] for i, (g, v) in enumerate(zip(groups, variants)) if v == variant]
         recall[variant] = sum(hits) / len(hits)
-    print(recall)  # measured at k=8: crop_3pct and thin_border 16/17, the other variants 17/17
-    assert all(r >= (0.85 if v == "crop_3pct" else 0.94) for v, r in recall.items()), recall
+    print(recall)  # measured at k=8: crop_3pct and thin_border 15/17, watermark 16/17, the others 17/17
+    # (low_detail_k 7 instead of 8 lost a watermark and a jpeg_q15 copy here: one reason the default is 8)
+    assert all(r >= (0.85 if v in ("crop_3pct", "thin_border") else 0.94) for v, r in recall.items()), recall
     photo_labels = {original[p] for p in PHOTOS}
     crops = [labels[i] for i, g in enumerate(groups) if "/crop" in g]
     assert len(set(crops)) == len(crops) and not photo_labels & set(crops)
@@ -168,8 +172,8 @@ def test_border_trimming_lifts_thin_border_recall(photo_set):
     plain = add_hashes(pa.table({COL.IMAGE: blobs}), DedupConfig(trim_borders=False))
     plain_meta = meta.set_column(meta.schema.get_field_index(COL.PHASH), COL.PHASH, plain[COL.PHASH])
     recall = {}
-    for name, m in (("trim", meta), ("plain", plain_meta)):
-        labels = _clusters(m, find_duplicates(m, DedupConfig()))
+    for name, m in (("trim", meta), ("plain", plain_meta)):  # pHash alone: plain_meta keeps the trimmed dHash
+        labels = _clusters(m, find_duplicates(m, DedupConfig(second_k=-1)))
         original = {g: labels[i] for i, (g, v) in enumerate(zip(groups, variants)) if v == "original"}
         hits = [labels[i] == original[g] for i, (g, v) in enumerate(zip(groups, variants)) if v == "thin_border"]
         recall[name] = sum(hits) / len(hits)
@@ -187,31 +191,159 @@ def _planted(rng, n_random: int, n_planted: int, k: int) -> np.ndarray:
     return np.concatenate([base, src ^ flips])
 
 
-def _brute_components(h: np.ndarray, k: int) -> list[frozenset]:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def _claim_detail(h, dh, low, r, s, cfg: DedupConfig) -> str | None:
+    """The rule for one pair, the slow way: the reason detail under which leader r claims row s, or None."""
+    dist = lambda x, y: bin(int(x) ^ int(y)).count("1")
+    strict = low[r] or low[s]
+    if dist(h[r], h[s]) <= cfg.k:
+        if not strict:
+            return "duplicate_of:"
+        if dh[r] is None or dh[s] is None:
+            return "low_detail:duplicate_of:" if h[r] == h[s] else None
+        if dist(dh[r], dh[s]) <= cfg.low_detail_k:
+            return "low_detail:duplicate_of:"
+    if strict or dh[r] is None or dh[s] is None or cfg.second_k < 0:
+        return None
+    ok = dist(dh[r], dh[s]) <= cfg.second_k and dist(h[r], h[s]) <= cfg.loose_k
+    return "second_hash:duplicate_of:" if ok else None
 
-    i, j = np.nonzero(np.bitwise_count(h[:, None] ^ h[None, :]) <= k)
-    _, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(h), len(h))))
-    groups: dict = {}
-    for r, c in enumerate(comp):
-        groups.setdefault(c, set()).add(r)
-    return sorted(frozenset(g) for g in groups.values() if len(g) > 1)
+
+def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig) -> dict:
+    """The clustering rule written the slow way, for _meta rows (equal areas, uid = row order): rows by clip
+    score (desc); the best unclaimed row claims every unclaimed row that _claim_detail allows. Returns
+    {uid: reason} of the claimed rows."""
+    order = sorted(range(len(h)), key=lambda i: (-clip[i], i))
+    low = [d is not None and abs(bin(d).count("1") - 32) >= cfg.low_detail_bits for d in dh]
+    leader, out = {}, {}
+    for r in order:
+        if r in leader:
+            continue
+        leader[r] = r
+        for s in order:
+            detail = None if s in leader else _claim_detail(h, dh, low, r, s, cfg)
+            if detail:
+                leader[s] = r
+                out[f"u{s:04d}"] = f"duplicate:{detail}u{r:04d}"
+    return out
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 12), n=st.integers(2, 300), narrow=st.booleans())
-def test_multi_index_clustering_equals_brute_force(seed, k, n, narrow):
+def assert_rule_against_kept_representative(meta: pa.Table, drops: pa.Table, cfg: DedupConfig) -> None:
+    """Every duplicate_of row satisfies the rule of its reason against its representative, which is not
+    dropped (the same check as tests/pipeline/helpers.py: assert_duplicate_rule, on find_duplicates' output)."""
+    h = dict(zip(meta[COL.UID].to_pylist(), meta[COL.PHASH].to_pylist()))
+    dh = dict(zip(meta[COL.UID].to_pylist(), meta[COL.DHASH].to_pylist()))
+    dropped = set(drops[COL.UID].to_pylist())
+    dist = lambda x, y: bin(x ^ y).count("1") if None not in (x, y) else 65
+    for row in drops.to_pylist():
+        if ":duplicate_of:" in row[COL.REASON]:
+            u, rep = row[COL.UID], row[COL.REASON].rsplit(":", 1)[1]
+            assert rep not in dropped, row
+            if row[COL.REASON].startswith("duplicate:second_hash:"):
+                assert dist(h[u], h[rep]) <= cfg.loose_k and dist(dh[u], dh[rep]) <= cfg.second_k, row
+                continue
+            assert dist(h[u], h[rep]) <= cfg.k, row
+            if row[COL.REASON].startswith("duplicate:low_detail:"):
+                assert dist(dh[u], dh[rep]) <= cfg.low_detail_k or (dh[u] is None and h[u] == h[rep]), row
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 12), n=st.integers(2, 200), narrow=st.booleans(),
+       with_dhash=st.booleans(), low_k=st.integers(0, 10), second_k=st.integers(-1, 8), loose=st.integers(0, 8))
+def test_clustering_equals_the_greedy_rule_by_brute_force(seed, k, n, narrow, with_dhash, low_k, second_k, loose):
     rng = np.random.default_rng(seed)
     h = _planted(rng, n, n // 2 + 1, k)
     if narrow:  # few distinct bits: many shared buckets and exact repeats
         h &= np.uint64(0xFF00000000000FFF)
-    drops = find_duplicates(_meta(h.tolist()), DedupConfig(k=k, max_bucket=10**9))
-    labels = _clusters(_meta(h.tolist()), drops)
-    got: dict = {}
-    for r, lab in enumerate(labels):
-        got.setdefault(lab, set()).add(r)
-    assert sorted(frozenset(g) for g in got.values() if len(g) > 1) == _brute_components(h, k)
+    clip = [float(x) for x in rng.integers(0, 50, len(h))]  # ties: uid decides
+    # dHashes: all 0 / all 1 (low-detail) or balanced, each with a few random bits: pairs near and far
+    kinds = np.array([0, 2**64 - 1, 0x5555AAAA5555AAAA], np.uint64)[rng.integers(0, 3, len(h))]
+    noise = rng.integers(0, 2**8, len(h), dtype=np.uint64) << np.uint64(20)
+    dh = [int(x) for x in kinds ^ noise] if with_dhash else [None] * len(h)
+    meta = _meta(h.tolist(), clip=clip, dhash=dh)
+    cfg = DedupConfig(k=k, max_bucket=10**9, low_detail_bits=10, low_detail_k=low_k, second_k=second_k,
+                      loose_k=min(31, k + loose))
+    drops = find_duplicates(meta, cfg)
+    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == _greedy_reference(h, dh, clip, cfg)
+    assert_rule_against_kept_representative(meta, drops, cfg)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 12), n_chains=st.integers(1, 30), noise=st.integers(0, 300))
+def test_planted_chains_do_not_join_their_ends(seed, k, n_chains, noise):
+    # a - b - c with d(a, b) = d(b, c) = k and d(a, c) = 2k > k, a the best: c must not end up under a
+    rng = np.random.default_rng(seed)
+    rows, clip = [], []
+    for _ in range(n_chains):
+        a = int(rng.integers(0, 2**64, dtype=np.uint64))
+        bits = rng.choice(64, 2 * k, replace=False)
+        b = a ^ sum(1 << int(x) for x in bits[:k])
+        c = b ^ sum(1 << int(x) for x in bits[k:])
+        rows += [a, b, c]
+        clip += [0.9, 0.5, 0.1]
+    rows += [int(x) for x in rng.integers(0, 2**64, noise, dtype=np.uint64)]
+    clip += [0.0] * noise
+    meta = _meta(rows, clip=clip)
+    drops = find_duplicates(meta, DedupConfig(k=k))
+    reasons = {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()}
+    assert_rule_against_kept_representative(meta, drops, DedupConfig(k=k))
+    for i in range(n_chains):
+        a, b, c = (f"u{3 * i + j:04d}" for j in range(3))
+        assert reasons.get(b) == f"duplicate:duplicate_of:{a}" and c not in reasons and a not in reasons
+
+
+def test_low_detail_pairs_need_the_second_hash():
+    # rows 0/1: pHash 2 apart, row 0 low-detail (dHash all 0), row 1's dHash far: both kept
+    # rows 2/3: the same, dHash 2 apart: low_detail:duplicate_of; rows 4/5: balanced dHashes far apart: duplicate_of
+    # rows 6/7: low-detail row without a dHash partner: only identical pHashes match (7 does, 8 does not)
+    bal = 0x5555AAAA5555AAAA  # 32 ones: balanced
+    b, c = 0xAB << 40, 0x1234 << 20
+    h = [0xF0F0, 0xF0F3, 0xFF00FF, 0xFF00FC, b, b ^ 3, c, c, c ^ 1]
+    dh = [0, bal, 0, 3, bal, bal ^ 0xFFFFFFFF, 0, None, None]
+    clip = [0.9, 0.1, 0.9, 0.1, 0.9, 0.1, 0.9, 0.1, 0.1]
+    cfg = DedupConfig(k=2, low_detail_bits=10, low_detail_k=2, second_k=-1)  # the second search: its own test
+    drops = find_duplicates(_meta(h, clip=clip, dhash=dh), cfg)
+    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == {
+        "u0003": "duplicate:low_detail:duplicate_of:u0002", "u0005": "duplicate:duplicate_of:u0004",
+        "u0007": "duplicate:low_detail:duplicate_of:u0006"}
+    off = find_duplicates(_meta(h, clip=clip, dhash=dh), DedupConfig(k=2, low_detail_bits=33, second_k=-1))
+    assert sorted(off[COL.UID].to_pylist()) == ["u0001", "u0003", "u0005", "u0007", "u0008"]
+
+
+def test_second_search_claims_pairs_that_both_hashes_call_near():
+    # balanced dHashes (not low-detail). rows 0/1: pHash 12 apart, dHash 3 apart: second_hash (k=8, loose 16);
+    # rows 2/3: pHash 18 apart, dHash 1 apart: kept (past loose_k); rows 4/5: pHash 12 apart, dHash 9 apart:
+    # kept (past second_k); rows 6/7: pHash 12 apart, dHash 0 apart but both low-detail (dHash all 0): kept
+    bal = 0x5555AAAA5555AAAA
+    rng = np.random.default_rng(3)
+    base = [int(x) for x in rng.integers(0, 2**63, 4, dtype=np.uint64)]  # pairwise ~32 bits apart
+    far = lambda x, bits: x ^ sum(1 << int(b) for b in rng.choice(64, bits, replace=False))
+    h = [base[0], far(base[0], 12), base[1], far(base[1], 18), base[2], far(base[2], 12), base[3], far(base[3], 12)]
+    dist = lambda i, j: bin(h[i] ^ h[j]).count("1")
+    assert all(dist(i, j) > 16 for i in range(8) for j in range(8) if i // 2 != j // 2)  # only the planted pairs
+    dh = [bal, bal ^ 0b111, bal ^ 0xF0, bal ^ 0xF1, bal, bal ^ 0x1FF, 0, 0]
+    clip = [0.9, 0.1] * 4
+    meta = _meta(h, clip=clip, dhash=dh)
+    cfg = DedupConfig(k=8, second_k=6, loose_k=16)
+    drops = find_duplicates(meta, cfg)
+    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == {
+        "u0001": "duplicate:second_hash:duplicate_of:u0000"}
+    assert_rule_against_kept_representative(meta, drops, cfg)
+    assert find_duplicates(meta, DedupConfig(k=8, second_k=-1)).num_rows == 0  # off: the pHash rule alone
+
+
+def test_real_photos_and_low_detail_images_keep_the_distance_rule():
+    from tests.bench.bench_dedup import _pool_meta, pool_scores
+    from tests.bench.dedup_pool import make_pool
+
+    pool = make_pool(300, seed=5)
+    meta = _pool_meta(pool).rename_columns([COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH,
+                                            COL.HEIGHT])
+    drops = find_duplicates(meta, DedupConfig())
+    assert_rule_against_kept_representative(meta, drops, DedupConfig())
+    scores = pool_scores(pool, meta, drops)
+    print(scores)  # connected components: 3 duplicate_of rows 10+ bits from their representative; on the
+    # benchmark's 2,000-image pool: 1 % dropped, precision 0.977 (tests/bench/results/dedup.json)
+    assert scores["without_copy_dropped"] <= 0.02 and scores["pairwise_precision"] >= 0.95
 
 
 def test_near_pairs_equal_brute_force_pairs():
@@ -264,7 +396,8 @@ def test_representative_rule_and_reasons():
     drops = {r[COL.UID]: r[COL.REASON] for r in find_duplicates(meta, DedupConfig(k=1)).to_pylist()}
     assert drops == {
         "u0000": "duplicate:duplicate_of:u0001", "u0002": "duplicate:duplicate_of:u0001",
-        "u0003": "duplicate:duplicate_of:u0001", "u0004": "duplicate:duplicate_of:u0005",
+        "u0003": "duplicate:sha256",  # same bytes as u0000 (its hash disagrees: 2 bits from u0001, k=1)
+        "u0004": "duplicate:duplicate_of:u0005",
         "u0007": "duplicate:duplicate_of:u0006",
         "u0008": "duplicate:sha256",  # identical bytes to u0001 whatever its hash
     }
@@ -277,6 +410,9 @@ def test_exact_sha256_without_hashes_and_disabled():
     assert set(out[COL.REASON].to_pylist()) == {"duplicate:sha256"}
     assert find_duplicates(meta, DedupConfig(enabled=False)).num_rows == 0
     assert find_duplicates(meta, DedupConfig(exact_sha256=False)).num_rows == 0
+    no_sha = _meta([5, 5, 7], clip=[0.1, 0.3, 0.2]).set_column(1, COL.SHA256, pa.nulls(3, pa.string()))
+    assert find_duplicates(no_sha, DedupConfig(k=0)).to_pylist() == [
+        {COL.UID: "u0000", COL.STATUS: Status.DUPLICATE, COL.REASON: "duplicate:duplicate_of:u0001"}]
 
 
 def test_eval_overlap_from_parquet_and_text(tmp_path):

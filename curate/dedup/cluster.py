@@ -1,4 +1,5 @@
-"""Global exact and near-duplicate clustering over hashes (phase B): multi-index search, union-find, representatives.
+"""Global exact and near-duplicate clustering over hashes (phase B): multi-index search, then greedy leader
+clustering, so that every duplicate is within k of the row that represents it (clusters never chain).
 
 How near-duplicates are found (no false negatives against brute force, up to the giant-bucket rule):
   * identical hash values are collapsed first, so a million blank images are one value, not a million;
@@ -7,35 +8,62 @@ How near-duplicates are found (no false negatives against brute force, up to the
     sum guarantees that a pair within k is within the radius on at least one of them; each substring indexes
     the hashes by its top ~log2(n) bits and every bucket is compared with the buckets at those radii;
   * giant buckets: only the first `max_bucket` hashes of a bucket (ascending) take part in its comparisons, so
-    work is bounded by probes * n * max_bucket; pairs of two later members are found only through another
-    substring or through a chain of links, the only difference from brute force (SearchStats counts them);
-  * the pairs become edges of a graph over rows (plus edges between rows of equal hash and of equal sha256);
-    its connected components are the clusters (scipy's union-find-equivalent connected_components).
+    work is bounded by probes * n * max_bucket; a pair of two later members may then be missed (SearchStats
+    counts such buckets): a missed pair only keeps an image, it never joins two far ones.
+How clusters are formed (why not connected components: over all pairs within k, chains a-b-c with d(a, c) > k
+joined unrelated images; on a 3,000-image photo pool, clusters of 20-50 where no planted group had over 4):
+  * exact copies first: rows with the same sha256 keep their best row (the representative order below); the
+    others follow it and are `duplicate:sha256` when it is kept;
+  * then greedy leader clustering over the pairs: rows in representative order; the best unclaimed row leads
+    and claims every unclaimed row within k of it (its own hash value and the values the search paired with
+    it: a CSR adjacency over distinct hashes, O(pairs)). A claimed row never claims, so each duplicate is
+    within k of its representative itself;
+  * low-detail images: an image whose dHash has at least `low_detail_bits` more 0 than 1 bits (or the reverse)
+    is mostly flat cells (product shots on white, text, logos, sky around a rocket): its pHash says little and
+    lies near many others. A pair with such an image matches only when the second hash (dHash for pHash, and
+    the reverse) is within `low_detail_k` too, or, where a row has no second hash, when the first is identical.
+    Measured (tests/bench/results/dedup.json, `low_detail`): on generated and photo images, pixel variance and
+    DCT energy do not separate the hashes that lie near unrelated ones (those are higher in them), dHash bit
+    balance does;
+  * second search: a 2-6 % crop moves pHash past k for about one copy in six, while dHash often moves less. A
+    second multi-index search over the second hash at the small radius `second_k` finds such pairs; one
+    counts when neither image is low-detail and the first hash is within `loose_k` (random pairs almost never
+    are both). The leader claims these after its first-hash partners. Defaults (second_k 4, loose_k 16,
+    low_detail_bits 12, low_detail_k 8) and the settings rejected beside them: dedup.json `pool_quality` and
+    `second_search_cost` (second_k 6 keeps a few more groups to one member but costs about twice the time of 4).
+The rule, exact for every dropped row against its representative: first hash within k and neither image
+low-detail (`duplicate_of:`); or first within k and second within low_detail_k (`low_detail:duplicate_of:`);
+or neither low-detail, second within second_k and first within loose_k (`second_hash:duplicate_of:`).
 Measured (tests/bench/results/dedup.json, 2 shared cores): see that file; at the default k=8 16M hashes fit in
 minutes, where the former k+1-band join (7-bit bands) already took 27 s at 200k and grew as n^2.
 k=8 is the smallest k whose pairwise F1 on the real-photo near-duplicate set (tests/test_cluster.py) stays well
 above imagehash's (pHash distances are even, so odd k add nothing).
-Representative of a cluster: highest clip_score (nulls last), then largest width*height, then smallest uid.
-Reasons: a row byte-identical (same sha256) to its representative gets `duplicate:sha256`; every other member
-gets `duplicate:duplicate_of:<uid of representative>`. Rows within k of an evaluation hash get `eval_overlap`
-and are removed before clustering, so a cluster's representative is never an evaluation image.
+Representative order: highest clip_score (nulls last), then largest width*height, then smallest uid.
+Reasons: a row byte-identical (same sha256) to its representative gets `duplicate:sha256`; a row claimed under
+the low-detail rule `duplicate:low_detail:duplicate_of:<uid>`; every other one `duplicate:duplicate_of:<uid>`, uid
+being the representative, which the cluster keeps. Rows within k of an evaluation hash get `eval_overlap` and
+are removed before clustering, so a cluster's representative is never an evaluation image.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from curate.config import DedupConfig
-from curate.dedup.mih import SearchStats, build, cross_hits, plan, near_pairs, table_pairs, unique_pairs
+from curate.dedup.mih import SearchStats, build, cross_hits, plan, near_pairs, table_pairs, unique_pairs, _popcount
 from curate.schema import COL, Status, reason
 
 OUT_SCHEMA = pa.schema([(COL.UID, pa.string()), (COL.STATUS, pa.string()), (COL.REASON, pa.string())])
+NEAR = "duplicate_of:"                  # reason detail, followed by the representative's uid
+LOW_DETAIL = "low_detail:" + NEAR      # the same, claimed under the low-detail rule (keeps the duplicate_of:<uid>
+                                        # suffix that the manifest's reason counts and the report collapse)
+SECOND = "second_hash:" + NEAR         # the same, claimed through the second search (second_k, loose_k)
+DETAILS = ("sha256", NEAR, LOW_DETAIL, SECOND)  # index = how a row was claimed (0: a sha256 copy)
 
 
 def load_eval_hashes(path: str | None, column: str = COL.PHASH) -> np.ndarray:
@@ -57,13 +85,14 @@ def load_eval_hashes(path: str | None, column: str = COL.PHASH) -> np.ndarray:
     return np.array(out, np.uint64)
 
 
-def _hash_col(cfg: DedupConfig) -> str:
-    return COL.PHASH if cfg.hash == "phash" else COL.DHASH
+def hash_columns(cfg: DedupConfig) -> tuple[str, str]:
+    """(the configured hash column, the second hash column that low-detail pairs must agree on)."""
+    return (COL.PHASH, COL.DHASH) if cfg.hash == "phash" else (COL.DHASH, COL.PHASH)
 
 
 def _hashes(meta: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(uniq, inv): sorted distinct hashes of the rows with a hash, and each row's index into uniq (-1: none)."""
-    col = meta[_hash_col(cfg)]
+    col = meta[hash_columns(cfg)[0]]
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     inv = np.full(meta.num_rows, -1, np.int64)
     uniq, inv_valid = np.unique(col.drop_null().cast(pa.uint64()).to_numpy(), return_inverse=True)
@@ -71,59 +100,193 @@ def _hashes(meta: pa.Table, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inv
 
 
-def _first_rows(groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """For each group id 0..n_groups-1, the first row (smallest index) carrying it; rows with -1 are ignored."""
-    first = np.full(n_groups, -1, np.int64)
-    rows = np.flatnonzero(groups >= 0)
-    ids, at = np.unique(groups[rows], return_index=True)  # return_index: the first occurrence
-    first[ids] = rows[at]
-    return first
+def _uint64(meta: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values with nulls as 0, valid mask) of a hash column; all invalid when the table lacks it."""
+    if column not in meta.column_names:
+        return np.zeros(meta.num_rows, np.uint64), np.zeros(meta.num_rows, bool)
+    col = meta[column].cast(pa.uint64())
+    return col.fill_null(0).to_numpy(zero_copy_only=False), col.is_valid().to_numpy(zero_copy_only=False)
 
 
-def _edges(meta: pa.Table, inv: np.ndarray, pairs, banned: np.ndarray, cfg: DedupConfig):
-    """Graph edges between rows: equal hash, near pairs, equal sha256; rows in `banned` take no part."""
-    first = _first_rows(inv, int(inv.max()) + 1 if inv.size else 0)
-    rows = np.flatnonzero(inv >= 0)
-    a, b = pairs
-    src, dst = [rows, first[a]], [first[inv[rows]], first[b]]
-    if cfg.exact_sha256 and COL.SHA256 in meta.column_names:
-        sha = pc.dictionary_encode(meta[COL.SHA256]).combine_chunks()
-        codes = sha.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        sfirst = _first_rows(codes, len(sha.dictionary))
-        rows = np.flatnonzero(codes >= 0)
-        src.append(rows)
-        dst.append(sfirst[codes[rows]])
-    src, dst = np.concatenate(src), np.concatenate(dst)
-    keep = ~(banned[src] | banned[dst])
-    return src[keep], dst[keep]
+def low_detail(dhash: np.ndarray, valid: np.ndarray, bits: int) -> np.ndarray:
+    """Per row: is the image low-detail, i.e. its dHash has at least `bits` more 0 than 1 bits or the reverse
+    (flat cells compare equal and give 0; a smooth ramp gives all 1). Rows without a dHash are not."""
+    imbalance = np.abs(np.bitwise_count(dhash).astype(np.int64) - 32)
+    return valid & (imbalance >= bits)
 
 
-def _representatives(meta: pa.Table, comp: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """Per row in `members`, the row of its cluster's representative (clip desc nulls last, area desc, uid)."""
-    sub = meta.take(pa.array(members))
+def _adjacency(pairs, n_uniq: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (ptr, neighbours) over distinct hashes: the values that the search paired with each value."""
+    a, b = (np.asarray(x, np.int64) for x in pairs)
+    src, dst = np.concatenate([a, b]), np.concatenate([b, a])
+    ptr = np.zeros(n_uniq + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n_uniq), out=ptr[1:])
+    return ptr, dst[np.argsort(src, kind="stable")]
+
+
+def _rank(meta: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """`rows` in representative order: clip_score desc (nulls and NaN last), width*height desc, uid asc."""
+    sub = meta.take(pa.array(rows))
     area = pc.multiply(sub[COL.WIDTH].cast(pa.int64()), sub[COL.HEIGHT].cast(pa.int64()))
     clip = sub[COL.CLIP_SCORE].cast(pa.float64())
     clip = pc.if_else(pc.is_nan(clip), pa.scalar(None, pa.float64()), clip)
-    t = pa.table({"comp": comp[members], "clip": clip, "area": area, "uid": sub[COL.UID], "row": members})
-    keys = [("comp", "ascending"), ("clip", "descending"), ("area", "descending"), ("uid", "ascending")]
-    order = pc.sort_indices(t, sort_keys=[(c, o, "at_end") for c, o in keys]).to_numpy()
-    c_sorted = comp[members][order]
-    head = np.ones(len(order), bool)
-    head[1:] = c_sorted[1:] != c_sorted[:-1]
-    rep_of_comp = np.full(int(comp.max()) + 1, -1, np.int64)
-    rep_of_comp[c_sorted[head]] = members[order][head]
-    return rep_of_comp[comp[members]]
+    t = pa.table({"clip": clip, "area": area, "uid": sub[COL.UID]})
+    keys = [("clip", "descending"), ("area", "descending"), ("uid", "ascending")]
+    return rows[pc.sort_indices(t, sort_keys=[(c, o, "at_end") for c, o in keys]).to_numpy()]
 
 
-def _output(meta: pa.Table, evals: np.ndarray, dups: np.ndarray, reps: np.ndarray) -> pa.Table:
-    """The uid/status/reason table: eval overlaps first, then duplicates in row order."""
+def _sha_survivors(meta: pa.Table, ranked: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """Per row, the row it is a byte-identical copy of (its sha256 group's best row in `ranked`), or -1."""
+    first = np.full(meta.num_rows, -1, np.int64)
+    if not (cfg.exact_sha256 and COL.SHA256 in meta.column_names) or ranked.size == 0:
+        return first
+    codes = pc.dictionary_encode(meta[COL.SHA256].take(pa.array(ranked))).combine_chunks()
+    code = codes.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    has = code >= 0
+    ids, at = np.unique(code[has], return_index=True)  # return_index: the first (best) occurrence
+    best = np.full(len(codes.dictionary), -1, np.int64)
+    best[ids] = ranked[has][at]
+    first[ranked[has]] = best[code[has]]
+    first[first == np.arange(meta.num_rows)] = -1
+    return first
+
+
+@numba.njit(cache=True, inline="always")
+def _may_claim(r, s, same_value, low, second, has_second, low_k):
+    """Whether leader r may claim row s, which is within k of it on the first hash: always, unless one of them
+    is low-detail; then only with the second hash within low_k too (or, lacking one, an identical first hash)."""
+    if not (low[r] or low[s]):
+        return True
+    if has_second[r] and has_second[s]:
+        return _popcount(second[r] ^ second[s]) <= low_k
+    return same_value
+
+
+@numba.njit(cache=True)
+def _claim_first(r, inv, ptr, nbr, hptr, hrows, live, low, second, has_second, low_k, leader, how):
+    """Leader r claims the unclaimed rows of its own and its paired first-hash values that _may_claim allows.
+    hrows[hptr[v]:live[v]] are the rows of value v not yet claimed here: a claimed row is swapped past live[v],
+    so each is looked at again only when a low-detail rule turned it away (or the second search claimed it)."""
+    u = inv[r]
+    for q in range(ptr[u] - 1, ptr[u + 1]):  # its own value first, then the paired ones
+        v = u if q < ptr[u] else nbr[q]
+        p = hptr[v]
+        while p < live[v]:
+            s = hrows[p]
+            if s == r or leader[s] >= 0 or _may_claim(r, s, v == u, low, second, has_second, low_k):
+                if leader[s] < 0:
+                    leader[s] = r
+                    how[s] = 2 if low[r] or low[s] else 1
+                live[v] -= 1
+                hrows[p], hrows[live[v]] = hrows[live[v]], s
+            else:
+                p += 1
+
+
+@numba.njit(cache=True)
+def _claim_second(r, first, inv2, ptr2, nbr2, hptr2, hrows2, loose_k, leader, how):
+    """Leader r (not low-detail) claims the unclaimed rows of its own and its paired second-hash values (only
+    rows that are not low-detail have one) whose first hash is within loose_k of its own."""
+    u = inv2[r]
+    if u < 0:
+        return
+    for q in range(ptr2[u] - 1, ptr2[u + 1]):
+        v = u if q < ptr2[u] else nbr2[q]
+        for p in range(hptr2[v], hptr2[v + 1]):
+            s = hrows2[p]
+            if leader[s] < 0 and _popcount(first[r] ^ first[s]) <= loose_k:
+                leader[s] = r
+                how[s] = 3
+
+
+@numba.njit(cache=True)
+def _leaders(order, inv, ptr, nbr, hptr, hrows, live, low, second, has_second, low_k,
+             first, inv2, ptr2, nbr2, hptr2, hrows2, loose_k, leader, how):
+    """Greedy leader clustering: for rows in `order` (representative order), an unclaimed row leads and claims
+    the unclaimed rows that the rule allows: first-hash partners (_claim_first), then second-search partners
+    (_claim_second). how[s]: 1 duplicate_of, 2 low_detail, 3 second_hash."""
+    for r in order:
+        if leader[r] >= 0:
+            continue
+        leader[r] = r
+        _claim_first(r, inv, ptr, nbr, hptr, hrows, live, low, second, has_second, low_k, leader, how)
+        _claim_second(r, first, inv2, ptr2, nbr2, hptr2, hrows2, loose_k, leader, how)
+
+
+def _rows_by_value(rows: np.ndarray, inv: np.ndarray, n_uniq: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (ptr, rows) of `rows` grouped by their hash value."""
+    ptr = np.zeros(n_uniq + 1, np.int64)
+    np.cumsum(np.bincount(inv[rows], minlength=n_uniq), out=ptr[1:])
+    return ptr, rows[np.argsort(inv[rows], kind="stable")]
+
+
+def _involved(inv: np.ndarray, pairs, eligible: np.ndarray, n_uniq: int) -> np.ndarray:
+    """Eligible rows that can take part in a near-duplicate cluster: their hash value has a partner or
+    another row."""
+    if n_uniq == 0:
+        return eligible[:0]
+    touched = np.bincount(inv[eligible], minlength=n_uniq) > 1
+    touched[np.asarray(pairs[0], np.int64)] = True
+    touched[np.asarray(pairs[1], np.int64)] = True
+    return eligible[touched[inv[eligible]]]
+
+
+def _shared_sha256(meta: pa.Table, cfg: DedupConfig) -> np.ndarray:
+    """Per row: does another row have the same sha256 (when exact_sha256 is on)."""
+    shared = np.zeros(meta.num_rows, bool)
+    if not (cfg.exact_sha256 and COL.SHA256 in meta.column_names):
+        return shared
+    codes = pc.dictionary_encode(meta[COL.SHA256]).combine_chunks()
+    code = codes.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    has = code >= 0
+    shared[has] = np.bincount(code[has], minlength=len(codes.dictionary))[code[has]] > 1
+    return shared
+
+
+def _second_search(second: np.ndarray, eligible: np.ndarray, cfg: DedupConfig, search) -> tuple:
+    """(inv2, n_uniq2, pairs2): the second search over the distinct second-hash values of the `eligible` rows
+    (hashed, not low-detail, with a second hash): each row's value index (-1: not searched) and the value
+    pairs within cfg.second_k."""
+    inv2 = np.full(len(second), -1, np.int64)
+    if cfg.second_k < 0 or eligible.size == 0:
+        return inv2, 0, (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    uniq2, inv2[eligible] = np.unique(second[eligible], return_inverse=True)
+    return inv2, len(uniq2), search(uniq2, cfg.second_k)
+
+
+def _cluster(meta: pa.Table, cfg: DedupConfig, uniq: np.ndarray, inv: np.ndarray, pairs, banned: np.ndarray,
+             search):
+    """(leader, how, copy_of) per row: the representative row of each row (-1: none), how it was claimed
+    (index into DETAILS), and the row it is a sha256 copy of (-1: none)."""
+    n, n_uniq = meta.num_rows, len(uniq)
+    second, has_second = _uint64(meta, hash_columns(cfg)[1])
+    low = low_detail(*_uint64(meta, COL.DHASH), cfg.low_detail_bits)
+    hashed = np.flatnonzero((inv >= 0) & ~banned)
+    inv2, n_uniq2, pairs2 = _second_search(second, hashed[has_second[hashed] & ~low[hashed]], cfg, search)
+    rows = np.union1d(_involved(inv, pairs, hashed, n_uniq),
+                      _involved(inv2, pairs2, hashed[inv2[hashed] >= 0], n_uniq2))
+    sha = _shared_sha256(meta, cfg) & ~banned
+    ranked = _rank(meta, np.union1d(rows, np.flatnonzero(sha)))
+    copy_of = _sha_survivors(meta, ranked[sha[ranked]], cfg)
+    leader, how = np.full(n, -1, np.int64), np.zeros(n, np.int8)
+    order = ranked[(inv[ranked] >= 0) & (copy_of[ranked] < 0)]
+    if order.size:
+        hptr, hrows = _rows_by_value(order, inv, n_uniq)
+        hptr2, hrows2 = _rows_by_value(order[inv2[order] >= 0], inv2, n_uniq2)
+        first = np.where(inv >= 0, uniq[np.maximum(inv, 0)], np.uint64(0)) if n_uniq else np.zeros(n, np.uint64)
+        _leaders(order, inv, *_adjacency(pairs, n_uniq), hptr, hrows, hptr[1:].copy(), low, second, has_second,
+                 cfg.low_detail_k, first, inv2, *_adjacency(pairs2, n_uniq2), hptr2, hrows2, cfg.loose_k,
+                 leader, how)
+    return leader, how, copy_of
+
+
+def _output(meta: pa.Table, evals: np.ndarray, dups: np.ndarray, reps: np.ndarray, details: np.ndarray) -> pa.Table:
+    """The uid/status/reason table: eval overlaps first, then duplicates in row order. details: per dup, an
+    index into DETAILS (0: sha256, without the representative's uid)."""
     uid = meta[COL.UID].combine_chunks()
     rep_uid = uid.take(pa.array(reps, pa.int64()))
-    near = pc.binary_join_element_wise(reason(Status.DUPLICATE, "duplicate_of:"), rep_uid, "")
-    if COL.SHA256 in meta.column_names:
-        sha = meta[COL.SHA256].combine_chunks()
-        same = pc.fill_null(pc.equal(sha.take(pa.array(dups, pa.int64())), sha.take(pa.array(reps, pa.int64()))), False)
-        near = pc.if_else(same, reason(Status.DUPLICATE, "sha256"), near)
+    prefix = pa.array(np.array([reason(Status.DUPLICATE, d) for d in DETAILS], object)[details], pa.string())
+    near = pc.binary_join_element_wise(prefix, pc.if_else(pa.array(details == 0), "", rep_uid), "")
     n_eval, n_dup = len(evals), len(dups)
     return pa.table({
         COL.UID: pa.concat_arrays([uid.take(pa.array(evals, pa.int64())), uid.take(pa.array(dups, pa.int64()))]),
@@ -133,32 +296,44 @@ def _output(meta: pa.Table, evals: np.ndarray, dups: np.ndarray, reps: np.ndarra
     }, schema=OUT_SCHEMA)
 
 
-def resolve(meta: pa.Table, cfg: DedupConfig, uniq: np.ndarray, inv: np.ndarray, pairs) -> pa.Table:
-    """Turns near pairs (indices into `uniq`) into the rows to drop: eval overlaps, then duplicates."""
-    n = meta.num_rows
-    banned = np.zeros(n, bool)
-    eval_hits = cross_hits(uniq, load_eval_hashes(cfg.eval_hashes, _hash_col(cfg)), cfg.k)
+def resolve(meta: pa.Table, cfg: DedupConfig, uniq: np.ndarray, inv: np.ndarray, pairs, search=None) -> pa.Table:
+    """Turns near pairs (indices into `uniq`) into the rows to drop: eval overlaps, then duplicates.
+    search(values, k): the pair search for the second hash (default: near_pairs on this node)."""
+    search = search or (lambda values, k: near_pairs(values, k, cfg.max_bucket))
+    banned = np.zeros(meta.num_rows, bool)
+    eval_hits = cross_hits(uniq, load_eval_hashes(cfg.eval_hashes, hash_columns(cfg)[0]), cfg.k)
     if eval_hits.size:
         banned = np.isin(inv, eval_hits)
-    src, dst = _edges(meta, inv, pairs, banned, cfg)
-    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    members = np.flatnonzero(np.bincount(comp, minlength=n)[comp] > 1)
-    reps = _representatives(meta, comp, members) if members.size else members
-    dup = members != reps
-    return _output(meta, np.flatnonzero(banned), members[dup], reps[dup])
+    leader, how, copy_of = _cluster(meta, cfg, uniq, inv, pairs, banned, search)
+    copies = np.flatnonzero(copy_of >= 0)
+    survivor = copy_of[copies]
+    rep = np.where(leader[survivor] >= 0, leader[survivor], survivor)
+    # a copy reports its survivor's cluster, with the survivor's reason where its hashes are the survivor's
+    second, has_second = _uint64(meta, hash_columns(cfg)[1])
+    same_hash = (inv[copies] == inv[survivor]) & (second[copies] == second[survivor]) & \
+        (has_second[copies] == has_second[survivor])
+    copy_detail = np.where((rep == survivor) | ~same_hash, 0, how[survivor])
+    near = np.flatnonzero((leader >= 0) & (leader != np.arange(meta.num_rows)))
+    dups = np.concatenate([near, copies])
+    reps = np.concatenate([leader[near], rep])
+    details = np.concatenate([how[near], copy_detail]).astype(np.int64)
+    order = np.argsort(dups, kind="stable")
+    return _output(meta, np.flatnonzero(banned), dups[order], reps[order], details[order])
 
 
 def find_duplicates(meta: pa.Table, cfg: DedupConfig = DedupConfig(), stats: SearchStats | None = None,
                     spread: bool = False) -> pa.Table:
     """Rows of `meta` (uid, sha256, phash, dhash, clip_score, width, height; 'ok' rows only) to drop, as a
-    table of uid, status, reason: eval_overlap, or duplicate with detail sha256 / duplicate_of:<uid>.
-    spread: run the pair search as a Ray Data job over the connected cluster instead of this node's threads."""
+    table of uid, status, reason: eval_overlap, or duplicate with a detail of DETAILS (see the module's rule).
+    spread: run the pair searches as Ray Data jobs over the connected cluster instead of this node's threads."""
     if not cfg.enabled or meta.num_rows == 0:
         return OUT_SCHEMA.empty_table()
+    if spread:
+        search = lambda values, k: _ray_pairs(values, k, cfg.max_bucket)  # noqa: E731
+    else:
+        search = lambda values, k: near_pairs(values, k, cfg.max_bucket, stats)  # noqa: E731
     uniq, inv = _hashes(meta, cfg)
-    pairs = _ray_pairs(uniq, cfg) if spread else near_pairs(uniq, cfg.k, cfg.max_bucket, stats)
-    return resolve(meta, cfg, uniq, inv, pairs)
+    return resolve(meta, cfg, uniq, inv, search(uniq, cfg.k), search)
 
 
 # ---------------------------------------------------------------- Ray Data version (same output, spread out)
@@ -185,7 +360,7 @@ def _pairs_batch(batch: dict, tables: list, k: int) -> dict:
     return {"a": np.concatenate(out_a), "b": np.concatenate(out_b)}
 
 
-def _ray_pairs(uniq: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def _ray_pairs(uniq: np.ndarray, k: int, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
     """The Ray Data job: every pair of `uniq` within distance k, as sorted distinct index pairs.
 
     The tables (hashes sorted by substring key, ~24 bytes per hash each) are built once on the driver and put
@@ -195,14 +370,14 @@ def _ray_pairs(uniq: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarr
 
     refs, items = [], []
     per_task = max(1024, -(-len(uniq) // (TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1))))))
-    for sub in plan(cfg.k, len(uniq), len(uniq)):
-        table = build(uniq, sub, cfg.max_bucket)
+    for sub in plan(k, len(uniq), len(uniq)):
+        table = build(uniq, sub, max_bucket)
         items += [{"table": len(refs), "lo": lo, "hi": min(len(table.distinct), lo + per_task)}
                   for lo in range(0, len(table.distinct), per_task)]
         refs.append(ray.put(table))
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _pairs_batch, batch_size=1, batch_format="numpy",
-        fn_kwargs={"tables": refs, "k": cfg.k})
+        fn_kwargs={"tables": refs, "k": k})
     found = list(ds.iter_batches(batch_format="numpy"))
     if not found:
         return unique_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -211,7 +386,7 @@ def _ray_pairs(uniq: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarr
 
 def find_duplicates_ray(paths: list[str], cfg: DedupConfig = DedupConfig()) -> pa.Table:
     """find_duplicates over stage ledgers `paths`, with the pair search run as a Ray Data job spread over the
-    cluster's CPUs (chunks of each table's buckets); reading and union-find on the driver, whose input is only the
+    cluster's CPUs (chunks of each table's buckets); reading and clustering on the driver, whose input is only the
     ~40 bytes per image clustering needs and whose pair list is near-duplicates only."""
     if not cfg.enabled or not paths:
         return OUT_SCHEMA.empty_table()

@@ -15,8 +15,8 @@ The scheme (Norouzi et al., "Fast search in Hamming space with multi-index hashi
     16M hashes at k=8 that is three 21-bit tables with radius 2 (232 probes each, ~8 hashes per bucket).
 Giant buckets (real photo sets put many near-blank images on one key): only the first `max_bucket` hashes of a
 bucket (ascending hash order) take part in its comparisons, so work is bounded by probes * n * max_bucket. A
-pair with a hash beyond that cap is then found only through another table or a chain of links;
-`giant_buckets` counts such buckets so a run can report it.
+pair with a hash beyond that cap is then found only through another table, or missed (clustering then keeps
+both images); `giant_buckets` counts such buckets so a run can report it.
 The kernel releases the GIL, so chunks of a table's buckets run on threads, one per core.
 """
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Benchmark (dedup.json): batched hashing vs imagehash.phash per image (bench_hashing), and near-duplicate
-clustering at 1M-16M hashes vs brute force. --parts runs a subset and merges it into the existing dedup.json."""
+"""Benchmark (dedup.json): batched hashing vs imagehash.phash per image (bench_hashing), near-duplicate
+clustering at 1M-16M hashes vs brute force, decision quality on a labelled pool of real photo crops, low-detail
+images and planted copies (pool), and, given --old-tree, both against the former code. --parts runs a subset and
+merges it into the existing dedup.json."""
 from __future__ import annotations
 
 import argparse
@@ -28,12 +30,30 @@ def planted(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> np.ndar
     return h
 
 
-def _meta(h: np.ndarray):
+def second_hashes(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """dHashes for planted(n, k, dup_fraction, seed): random, the copies (same rows, same sources) within
+    0..k bits of their source's, so the second search has real pairs to find and random ones to reject."""
+    rng = np.random.default_rng(seed)  # replays planted's draws to get its sources
+    rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    m = int(n * dup_fraction)
+    src = rng.integers(0, n - m, m)
+    rng = np.random.default_rng(seed + 1)
+    d = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    flips = np.zeros(m, np.uint64)
+    nflip = rng.integers(0, k + 1, m)
+    for b in range(k):
+        flips |= np.where(nflip > b, np.uint64(1) << rng.integers(0, 64, m).astype(np.uint64), np.uint64(0))
+    d[n - m:] = d[src] ^ flips
+    return d
+
+
+def _meta(h: np.ndarray, d: np.ndarray | None = None):
     import pyarrow as pa
 
     n = len(h)
     return pa.table({"uid": pa.array(np.char.mod("%012d", np.arange(n))), "sha256": pa.nulls(n, pa.string()),
-                     "phash": pa.array(h, pa.uint64()), "dhash": pa.nulls(n, pa.uint64()),
+                     "phash": pa.array(h, pa.uint64()),
+                     "dhash": pa.nulls(n, pa.uint64()) if d is None else pa.array(d, pa.uint64()),
                      "clip_score": pa.nulls(n, pa.float32()), "width": pa.nulls(n, pa.int32()),
                      "height": pa.nulls(n, pa.int32())})
 
@@ -55,7 +75,7 @@ def cluster_one(n: int, k: int, max_bucket: int) -> dict:
     from curate.config import DedupConfig
     from curate.dedup.cluster import SearchStats, find_duplicates
 
-    meta = _meta(planted(n, k))
+    meta = _meta(planted(n, k), second_hashes(n, k))  # dHash too: the second search runs as in a real run
     base = _high_water_mb()
     stats = SearchStats()
     t = time.perf_counter()
@@ -86,13 +106,241 @@ def brute_vs_index(n: int, k: int) -> dict:
             "ratio": round(t_brute / t_index, 1), "pairs": found}
 
 
+def _pool_meta(pool) -> "pa.Table":
+    """The clustering input of a labelled pool: hashes of the stored bytes, sha256, stored sizes, no CLIP."""
+    import hashlib
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    from curate.config import DedupConfig
+    from curate.dedup.hashing import add_hashes
+
+    sizes = [Image.open(io.BytesIO(p.data)).size for p in pool]
+    hashed = add_hashes(pa.table({"image": [p.data for p in pool]}), DedupConfig())
+    return pa.table({"uid": [f"{i:06d}" for i in range(len(pool))],
+                     "sha256": [hashlib.sha256(p.data).hexdigest() for p in pool],
+                     "phash": hashed["phash"], "dhash": hashed["dhash"],
+                     "clip_score": pa.nulls(len(pool), pa.float32()),
+                     "width": pa.array([w for w, _ in sizes], pa.int32()),
+                     "height": pa.array([h for _, h in sizes], pa.int32())})
+
+
+def hash_ceiling(pool, meta, k: int) -> dict:
+    """What the hash allows on this pool: the share of copies within k of their original (pHash; pHash or
+    dHash), and of planted groups whose copies all are, the most any rule that never chains can keep to one
+    member when the original leads."""
+    ph, dh = meta["phash"].to_numpy(), meta["dhash"].to_numpy()
+    original = {p.group: i for i, p in enumerate(pool) if p.variant == "original"}
+    near, either, by_group = [], [], {}
+    for i, p in enumerate(pool):
+        if p.variant != "original":
+            o = original[p.group]
+            near.append(int(np.bitwise_count(ph[i] ^ ph[o])) <= k)
+            either.append(near[-1] or int(np.bitwise_count(dh[i] ^ dh[o])) <= k)
+            by_group.setdefault(p.group, []).append(near[-1])
+    variants = {}
+    for p, ok in zip([p for p in pool if p.variant != "original"], near):
+        variants.setdefault(p.variant, []).append(ok)
+    return {"copies_within_k_of_original": _share(near), "copies_within_k_on_either_hash": _share(either),
+            "groups_all_copies_within_k": _share([all(v) for v in by_group.values()]),
+            "copies_within_k_by_variant": {v: _share(f) for v, f in sorted(variants.items())}}
+
+
+def _share(flags: list) -> float:
+    return round(sum(flags) / max(1, len(flags)), 4)
+
+
+def _breaks_rule(ph: np.ndarray, dh: np.ndarray, i: int, j: int, detail: str, cfg) -> bool:
+    """Whether dropped row i and its representative j break the rule of their reason detail (pHash first)."""
+    dp, dd = int(np.bitwise_count(ph[i] ^ ph[j])), int(np.bitwise_count(dh[i] ^ dh[j]))
+    if detail == "second_hash":
+        return dp > cfg.loose_k or dd > cfg.second_k
+    return dp > cfg.k or (detail == "low_detail" and dd > cfg.low_detail_k)
+
+
+def pool_scores(pool, meta, drops, cfg=None) -> dict:
+    """Decision quality against the planted groups: originals without a copy dropped, groups keeping exactly
+    one member, pairwise precision/recall of 'same cluster', largest cluster, distance-rule violations."""
+    from collections import Counter
+
+    group = np.array([p.group for p in pool])
+    uids = meta["uid"].to_pylist()
+    row = {u: i for i, u in enumerate(uids)}
+    label = np.arange(len(pool))
+    dropped = np.zeros(len(pool), bool)
+    violations = 0
+    ph, dh = meta["phash"].to_numpy(), meta["dhash"].to_numpy()
+    if cfg is None:
+        from curate.config import DedupConfig
+        cfg = DedupConfig()
+    for d in drops.to_pylist():
+        i = row[d["uid"]]
+        dropped[i] = True
+        if ":" in d["reason"][len("duplicate:"):]:
+            label[i] = row[d["reason"].rsplit(":", 1)[1]]
+            violations += _breaks_rule(ph, dh, i, label[i], d["reason"].split(":")[1], cfg)
+    size = Counter(group.tolist())
+    single = np.array([size[g] == 1 for g in group])
+    kept_per_group = Counter(group[~dropped].tolist())
+    planted = [g for g, c in size.items() if c > 1]
+    iu = np.triu_indices(len(pool), 1)
+    truth, pred = (group[:, None] == group[None, :])[iu], (label[:, None] == label[None, :])[iu]
+    tp = int((truth & pred).sum())
+    low = np.array([p.kind.startswith("low:") for p in pool])
+    low_group = dict(zip(group.tolist(), low.tolist()))
+    return {"images": len(pool), "originals_without_copy": int(single.sum()), "planted_groups": len(planted),
+            "without_copy_dropped": round(float(dropped[single].mean()), 4),
+            "without_copy_dropped_low_detail": round(float(dropped[single & low].mean()), 4),
+            "without_copy_dropped_photos": round(float(dropped[single & ~low].mean()), 4),
+            "groups_keeping_exactly_one": round(sum(kept_per_group[g] == 1 for g in planted) / len(planted), 4),
+            "photo_groups_keeping_exactly_one": _share([kept_per_group[g] == 1 for g in planted if not low_group[g]]),
+            "low_detail_groups_keeping_exactly_one": _share([kept_per_group[g] == 1 for g in planted if low_group[g]]),
+            "groups_keeping_none": round(sum(kept_per_group[g] == 0 for g in planted) / len(planted), 4),
+            "groups_keeping_two_or_more": round(sum(kept_per_group[g] >= 2 for g in planted) / len(planted), 4),
+            "pairwise_precision": round(tp / max(1, int(pred.sum())), 4),
+            "pairwise_recall": round(tp / max(1, int(truth.sum())), 4),
+            "largest_cluster": int(max(Counter(label.tolist()).values())),
+            "rule_violations": violations}
+
+
+OLD_CODE_SNIPPET = ("import sys, pyarrow.parquet as pq; from curate.config import DedupConfig; "
+                    "from curate.dedup.cluster import find_duplicates; "
+                    "pq.write_table(find_duplicates(pq.read_table(sys.argv[1]), DedupConfig()), sys.argv[2])")
+
+
+def _old_drops(meta, old_tree: str):
+    """find_duplicates of the code at `old_tree` (a checkout of the former version) on `meta`."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "meta.parquet", Path(tmp) / "drops.parquet"
+        pq.write_table(meta, src)
+        subprocess.run([sys.executable, "-c", OLD_CODE_SNIPPET, str(src), str(dst)], cwd=old_tree, check=True)
+        return pq.read_table(dst)
+
+
+SETTINGS = (  # the settings measured beside the default (rejected ones stay in dedup.json with their figures)
+    dict(low_detail_bits=10, low_detail_k=8, second_k=-1),  # the former default: no second search
+    *[dict(second_k=-1, low_detail_bits=b, low_detail_k=lk) for b in (10, 12, 14) for lk in (6, 7, 8)],
+    *[dict(second_k=sk, loose_k=lk) for sk in (4, 5, 6, 8) for lk in (12, 16, 20)],
+    *[dict(low_detail_bits=b, low_detail_k=lk) for b in (8, 10, 12, 14, 16, 33) for lk in (5, 6, 7, 8)],
+    *[dict(second_k=6, low_detail_bits=b, low_detail_k=lk) for b in (10, 12, 14) for lk in (6, 7, 8)],
+)
+SETTING_KEYS = ("without_copy_dropped", "groups_keeping_exactly_one", "photo_groups_keeping_exactly_one",
+                "low_detail_groups_keeping_exactly_one", "pairwise_precision", "pairwise_recall", "rule_violations")
+
+
+def _setting_scores(pool, meta, cfg) -> dict:
+    """The headline scores of one setting (its dedup fields that the rule reads, and SETTING_KEYS)."""
+    from curate.dedup.cluster import find_duplicates
+
+    scores = pool_scores(pool, meta, find_duplicates(meta, cfg), cfg)
+    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k")
+    return {"setting": {f: getattr(cfg, f) for f in fields}, **{k: scores[k] for k in SETTING_KEYS}}
+
+
+def pool_quality(n_bases: int, seed: int, old_tree: str | None) -> dict:
+    """Decision quality on a labelled pool (tests/bench/dedup_pool.py): today's rule at the default and at the
+    SETTINGS beside it and, when old_tree is given, the former connected-components code."""
+    from dataclasses import replace
+
+    from curate.config import DedupConfig
+    from curate.dedup.cluster import find_duplicates
+    from tests.bench.dedup_pool import make_pool
+
+    pool = make_pool(n_bases, seed)
+    meta = _pool_meta(pool)
+    cfg = DedupConfig()
+    out = {"n_bases": n_bases, "seed": seed, "k": cfg.k,
+           "pool": "skimage photo crops (64-96 and 200-256 px, IoU < 0.5 between crops of one photo) and generated "
+                   "low-detail images (plain, gradient, night sky, product on white, logo, text on white; 15 %); "
+                   "25 % get 1-3 copies: downscale 0.5-0.8, JPEG q20-60, 2-6 % crop, brightness +-5-20 %",
+           "after": pool_scores(pool, meta, find_duplicates(meta, cfg)),
+           "hash_ceiling": hash_ceiling(pool, meta, cfg.k)}
+    out["settings"] = [_setting_scores(pool, meta, replace(cfg, **kw)) for kw in SETTINGS]
+    if old_tree:
+        out["before"] = pool_scores(pool, meta, _old_drops(meta, old_tree))
+    out["low_detail"] = low_detail_measures(pool, meta)
+    return out
+
+
+def low_detail_measures(pool, meta, share: float = 0.3) -> dict:
+    """Which per-image measure picks out the images whose pHash lies within k of an unrelated image
+    ("crowded"): each measure flags the `share` of images most low-detail by it (low pixel variance, low DCT
+    energy, high dHash bit imbalance); reported: the share of crowded images it flags, and quantiles."""
+    import io
+
+    import scipy.fftpack
+    from PIL import Image
+
+    from curate.config import DedupConfig
+    from curate.dedup.hashing import trim_borders
+
+    k = DedupConfig().k
+    group = np.array([p.group for p in pool])
+    ph, dh = meta["phash"].to_numpy(), meta["dhash"].to_numpy()
+    crowded = ((np.bitwise_count(ph[:, None] ^ ph[None, :]) <= k) & (group[:, None] != group[None, :])).any(1)
+    std, energy = [], []
+    for p in pool:
+        gray = np.asarray(trim_borders(Image.open(io.BytesIO(p.data)).convert("L")).resize((32, 32), Image.LANCZOS),
+                          np.float64)
+        low = scipy.fftpack.dct(scipy.fftpack.dct(gray, axis=0), axis=1)[:8, :8].ravel()
+        std.append(gray.std())
+        energy.append(np.sqrt(np.sum(low[1:] ** 2)) / max(1e-9, abs(low[0])))
+    measures = {"pixel_std_32px": -np.array(std), "low_dct_ac_energy_vs_dc": -np.array(energy),
+                "dhash_bit_imbalance": np.abs(np.bitwise_count(dh).astype(np.int64) - 32).astype(float)}
+    out = {"crowded_images": int(crowded.sum()), "images": len(pool), "flagged_share": share}
+    for name, m in measures.items():
+        flag = m >= np.quantile(m, 1 - share)
+        q = lambda sel: [round(float(abs(x)), 3) for x in np.quantile(m[sel], [0.1, 0.5, 0.9])]
+        out[name] = {"crowded_flagged": round(float(flag[crowded].mean()), 3),
+                     "crowded_q10_50_90": q(crowded), "others_q10_50_90": q(~crowded)}
+    return out
+
+
+def second_search_cost(n: int, rounds: int = 3) -> dict:
+    """find_duplicates time at n planted hashes (with dHashes) per second_k, in one process, settings
+    alternating round by round (the machine is shared): median seconds and the ratio to no second search."""
+    from dataclasses import replace
+
+    from curate.config import DedupConfig
+    from curate.dedup.cluster import find_duplicates
+
+    meta, cfg = _meta(planted(n, 8), second_hashes(n, 8)), DedupConfig()
+    find_duplicates(meta.slice(0, 10_000), cfg)  # numba's cache, outside the timings
+    wall: dict = {sk: [] for sk in (-1, 4, 5, 6)}
+    cpu: dict = {sk: [] for sk in wall}
+    for _ in range(rounds):
+        for sk in wall:
+            t, c = time.perf_counter(), time.process_time()
+            find_duplicates(meta, replace(cfg, second_k=sk))
+            wall[sk].append(time.perf_counter() - t)
+            cpu[sk].append(time.process_time() - c)
+    out = {"n": n, "rounds": rounds}
+    for name, d in (("wall", wall), ("cpu", cpu)):  # CPU seconds (all threads): less swayed by other jobs
+        med = {sk: float(np.median(v)) for sk, v in d.items()}
+        out[f"median_{name}_seconds"] = {str(sk): round(v, 2) for sk, v in med.items()}
+        out[f"{name}_ratio_vs_no_second_search"] = {str(sk): round(v / med[-1], 2) for sk, v in med.items()}
+    return out
+
+
+def _cluster_in_process(n: int, k: int, max_bucket: int, tree: str | None = None) -> dict:
+    """cluster_one in a fresh process (its peak RSS is its own), of this code or of the checkout at `tree`."""
+    cmd = [sys.executable, "-m", "tests.bench.bench_dedup", "--cluster-one", str(n), "--k", str(k),
+           "--max-bucket", str(max_bucket)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tree).stdout)
+
+
 def _scaling(sizes: str, k: int, max_bucket: int) -> list[dict]:
-    """cluster_one per size, each in a fresh process so that its peak RSS is its own."""
+    """cluster_one per size, each in a fresh process."""
     runs = []
     for n in [int(x) for x in sizes.split(",") if x]:
-        cmd = [sys.executable, "-m", "tests.bench.bench_dedup", "--cluster-one", str(n), "--k", str(k),
-               "--max-bucket", str(max_bucket)]
-        runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        runs.append(_cluster_in_process(n, k, max_bucket))
         print(runs[-1], flush=True)
     for prev, cur in zip(runs, runs[1:]):
         cur["time_growth_vs_previous"] = round(cur["seconds"] / prev["seconds"], 2)
@@ -101,7 +349,24 @@ def _scaling(sizes: str, k: int, max_bucket: int) -> list[dict]:
     return runs
 
 
-PARTS = ("hashing", "brute", "scaling", "scaling_default_k")
+def versus_old(sizes: str, k: int, max_bucket: int, old_tree: str) -> list[dict]:
+    """Clustering time of this code against the former code (connected components) at `old_tree`, at the same
+    sizes in the same session, old and new alternating: the ratio holds on a shared, loaded machine."""
+    runs = []
+    for tree in (old_tree, None):  # numba compiles into its cache once, outside the timings
+        _cluster_in_process(10_000, k, max_bucket, tree)
+    for n in [int(x) for x in sizes.split(",") if x]:
+        old = _cluster_in_process(n, k, max_bucket, old_tree)
+        new = _cluster_in_process(n, k, max_bucket)
+        runs.append({"n": n, "k": k, "old_seconds": old["seconds"], "new_seconds": new["seconds"],
+                     "time_ratio_new_vs_old": round(new["seconds"] / max(old["seconds"], 1e-9), 2),
+                     "old_dropped": old["dropped"], "new_dropped": new["dropped"],
+                     "old_peak_rss_mb": old["peak_rss_mb"], "new_peak_rss_mb": new["peak_rss_mb"]})
+        print(runs[-1], flush=True)
+    return runs
+
+
+PARTS = ("hashing", "brute", "scaling", "scaling_default_k", "pool", "versus_old", "second_search_cost")
 
 
 def _previous() -> dict:
@@ -125,6 +390,14 @@ def _ratios(result: dict, k: int, default_k: int) -> None:
         result["brute_force_ratio"] = brute[str(k)]["ratio"]
     if str(default_k) in brute:
         result["brute_force_ratio_default_k"] = brute[str(default_k)]["ratio"]
+    pool = result.get("pool_quality", {})
+    for when in ("before", "after"):
+        for key in ("without_copy_dropped", "groups_keeping_exactly_one", "pairwise_precision"):
+            if when in pool:
+                result[f"pool_{key}_{when}"] = pool[when][key]
+    if result.get("clustering_versus_old"):
+        result["clustering_time_ratio_vs_old_max"] = max(r["time_ratio_new_vs_old"]
+                                                         for r in result["clustering_versus_old"])
 
 
 def main(argv=None) -> int:
@@ -137,6 +410,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-bucket", type=int, default=5000)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--brute-n", type=int, default=30000)
+    ap.add_argument("--pool-bases", type=int, default=2000, help="distinct images of the labelled pool")
+    ap.add_argument("--old-tree", default=None,
+                    help="a checkout of the former code: the pool and versus_old parts compare against it")
+    ap.add_argument("--versus-sizes", default="1000000,4000000", help="sizes of versus_old, at the default k")
     ap.add_argument("--cluster-one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cluster_one:
@@ -148,7 +425,9 @@ def main(argv=None) -> int:
     result = _previous()
     result.update({"versions": versions("numpy", "scipy", "pillow", "imagehash", "pyarrow", "numba"),
                    "notes": "2-core machine, possibly shared with other jobs; clustering figures are the in-process "
-                            "find_duplicates (not the Ray version), each size in a fresh process"})
+                            "find_duplicates (not the Ray version), each size in a fresh process; "
+                            "clustering_versus_old alternates the former code (connected components) and this one in one session on the "
+                            "shared machine (load average 4-30 while it ran): read its ratios, not its times"})
     if "hashing" in parts:
         from tests.bench.bench_hashing import bench_hashing
 
@@ -161,6 +440,14 @@ def main(argv=None) -> int:
         result["clustering"] = _scaling(args.sizes, args.k, args.max_bucket)
     if "scaling_default_k" in parts:
         result["clustering_default_k"] = _scaling(args.default_sizes, default_k, args.max_bucket)
+    if "pool" in parts:
+        result["pool_quality"] = pool_quality(args.pool_bases, 0, args.old_tree)
+        print(json.dumps(result["pool_quality"]["after"], indent=1))
+    if "second_search_cost" in parts:
+        result["second_search_cost"] = second_search_cost(2_000_000)
+        print(result["second_search_cost"], flush=True)
+    if "versus_old" in parts and args.old_tree:
+        result["clustering_versus_old"] = versus_old(args.versus_sizes, default_k, args.max_bucket, args.old_tree)
     _ratios(result, args.k, default_k)
     write_result("dedup", result)
     return 0

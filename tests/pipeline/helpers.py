@@ -1,8 +1,9 @@
-"""Shared pieces of the pipeline tests: a served generated corpus and a small run config."""
+"""Shared pieces of the pipeline tests: a served generated corpus, a small run config, checks on a finished run."""
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 
 from curate.config import load_config
 from curate.democorpus import make_corpus
+from curate.schema import COL, Status
 
 TINY_CLIP = {  # an open_clip model config small enough to score on CPU in milliseconds
     "embed_dim": 16,
@@ -53,3 +55,61 @@ def tree_digest(root: Path, subdirs=("shards", "metadata")) -> dict[str, str]:
             if p.is_file():
                 out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+NEAR_REASON = re.compile(r"duplicate:(?P<how>low_detail:|second_hash:)?duplicate_of:(?P<rep>.+)")  # curate/dedup/cluster.py
+
+
+def assert_duplicate_rule(out: Path) -> int:
+    """The dedup rule on a finished run (its config.yaml and metadata/ledger), per duplicate row and its
+    representative <uid>: duplicate_of:<uid> within dedup.k on the configured hash; low_detail:duplicate_of:<uid>
+    the same and the second hash within dedup.low_detail_k (or, lacking one, the same first hash);
+    second_hash:duplicate_of:<uid> the second hash within dedup.second_k and the first within dedup.loose_k. And
+    <uid> is a row of the run that no dedup decision dropped (a later global filter may have). Returns the number
+    of rows checked."""
+    from curate.dedup.cluster import hash_columns
+
+    cfg = load_config(str(out / "config.yaml")).dedup
+    first, second = hash_columns(cfg)
+    rows = pq.read_table(out / "metadata" / "ledger", columns=[COL.UID, COL.STATUS, COL.REASON, first, second])
+    by_uid = {r[COL.UID]: r for r in rows.to_pylist()}
+    checked = 0
+    for r in by_uid.values():
+        m = NEAR_REASON.fullmatch(r[COL.REASON] or "") if r[COL.STATUS] == Status.DUPLICATE else None
+        if m is None:
+            continue
+        rep, where = by_uid.get(m["rep"]), f"{out}: row {r[COL.UID]} ({r[COL.REASON]})"
+        assert rep is not None, f"{where}: its representative is not a row of the run"
+        assert rep[COL.STATUS] not in (Status.DUPLICATE, Status.EVAL_OVERLAP, Status.OK), \
+            f"{where}: its representative was dropped as {rep[COL.REASON]}"
+        dist = lambda col: bin(r[col] ^ rep[col]).count("1") if None not in (r[col], rep[col]) else 65
+        bound = cfg.loose_k if m["how"] == "second_hash:" else cfg.k
+        assert dist(first) <= bound, f"{where}: {dist(first)} bits from its representative on {first}, bound {bound}"
+        if m["how"] == "low_detail:":
+            ok = dist(second) <= cfg.low_detail_k if None not in (r[second], rep[second]) else r[first] == rep[first]
+            assert ok, f"{where}: a low-detail match without {second} within {cfg.low_detail_k}"
+        if m["how"] == "second_hash:":
+            assert dist(second) <= cfg.second_k, f"{where}: {dist(second)} bits on {second}, second_k={cfg.second_k}"
+        checked += 1
+    return checked
+
+
+_CHECKED: set = set()
+
+
+def check_new_runs(root: Path) -> int:
+    """assert_duplicate_rule on every finished run (config.yaml, manifest.json and metadata/ledger) under `root`
+    not checked before in this session (tests/pipeline/conftest.py calls it after every pipeline test).
+    Returns the number of runs checked now."""
+    n = 0
+    for cfg_path in sorted(root.rglob("config.yaml")):
+        out = cfg_path.parent
+        manifest = out / "manifest.json"
+        if not (manifest.exists() and (out / "metadata" / "ledger").exists()):
+            continue
+        key = (str(out), manifest.stat().st_mtime_ns)
+        if key not in _CHECKED:
+            assert_duplicate_rule(out)
+            _CHECKED.add(key)
+            n += 1
+    return n
