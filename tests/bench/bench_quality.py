@@ -253,10 +253,14 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 
 def bootstrap(ctx: dict, rounds: int) -> tuple[Path, list[dict]]:
     """Round 0 builds without CLIP; each later round trains a scorer on the previous output, sets a threshold
-    from shuffled captions and rebuilds. Returns (last output, per-round figures)."""
+    from shuffled captions and rebuilds the same output with it (the supported recipe: completed stage
+    outputs are reused, so a round fetches nothing again and runs only scoring and the global phases).
+    Round 0's shards are kept aside (work/round0) for the training comparison. Returns (the output,
+    per-round figures)."""
     work, urls, a = ctx["work"], ctx["urls"], ctx["args"]
-    out = work / "round0"
+    out = work / "run"
     secs = build(urls, out, ctx["build_args"], ["--no-clip"])
+    shutil.copytree(out / "shards", work / "round0" / "shards")
     led = read_ledger(out, ctx["base_url"], ctx["rows"])
     report = [{"round": 0, "clip": None, "build_s": secs, **decisions(led)}]
     print(f"round 0: build {secs} s, {report[0]['output']}", flush=True)
@@ -268,7 +272,6 @@ def bootstrap(ctx: dict, rounds: int) -> tuple[Path, list[dict]]:
         ck = scorer["checkpoint"]
         clip = ["--clip-model", str(ck / "open_clip_config.json"), "--clip-pretrained", str(ck),
                 "--clip-threshold", str(cal["threshold"])]
-        out = work / f"round{r}"
         secs = build(urls, out, ctx["build_args"], clip)
         led = read_ledger(out, ctx["base_url"], ctx["rows"])
         report.append({"round": r, "build_s": secs, "scorer_train_s": scorer["seconds"], "calibrate_s": cal_s,
@@ -292,7 +295,7 @@ def training_sets(ctx: dict, curated: Path) -> dict[str, Path]:
     sets = {"raw": qp.write_shards(work / "set_raw", sample(rows)), "curated": curated,
             "oracle": qp.write_shards(work / "set_oracle", sample(oracle)),
             "random": qp.write_shards(work / "set_random", sample(rand))}
-    if curated != work / "round0":
+    if ctx["args"].rounds > 0:
         sets["curated_no_clip"] = work / "round0"  # what the bootstrap's CLIP rounds add
     return sets
 
