@@ -416,7 +416,7 @@ def summarise(args, ctx: dict, rounds: list[dict], training: dict, build_args: l
                   "that were downloaded; a drop is correct up to members-1 per planted group; pairwise precision "
                   "= duplicate_of names a member of the same planted group. low_clip_score: positive = caption "
                   "describes another subject. Oracle = English, matching captions, one pair per planted group. "
-                  "Each round rebuilds into a new output (downloads again from 127.0.0.1)."),
+                  "Each round rebuilds the same output with its scorer: completed stage outputs are reused (nothing is fetched again; only scoring and the global phases run)."),
     }
 
 
