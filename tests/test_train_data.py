@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from curate import synth
-from curate.stage_io import tar_bytes
 from curate.train.data import StreamSpec, ShardStream, SkipCounter, make_loader, resolve_shards
+from tests.shards import write_webdataset
 
 torch.set_num_threads(2)
 
@@ -46,23 +46,13 @@ def write_shards(folder: Path, samples: list, per_shard: int, corrupt: set[int] 
     Indices in `corrupt` get truncated JPEG bytes.
     """
     names = synth.class_names()
-    shard_dir = Path(folder) / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for s in range(0, len(samples), per_shard):
-        members = []
-        for i, (img, caption, label) in enumerate(samples[s:s + per_shard]):
-            key = f"{s // per_shard:05d}{i:04d}"
-            data = jpeg(img) if img is not None else b""
-            if s + i in corrupt:
-                data = data[: len(data) // 3]
-            meta = {"key": key, "caption": caption, "label": names[label]}
-            members += [(f"{key}.jpg", data), (f"{key}.txt", caption.encode()), (f"{key}.json", json.dumps(meta).encode())]
-        name = f"{s // per_shard:05d}.tar"
-        (shard_dir / name).write_bytes(tar_bytes(members))
-        sizes[name] = len(samples[s:s + per_shard])
-    (shard_dir / "sizes.json").write_text(json.dumps(sizes))
-    return Path(folder)
+    rows = []
+    for n, (img, caption, label) in enumerate(samples):
+        data = jpeg(img) if img is not None else b""
+        if n in corrupt:
+            data = data[: len(data) // 3]
+        rows.append((data, caption, {"caption": caption, "label": names[label]}))
+    return write_webdataset(folder, rows, per_shard)
 
 
 def write_synth_shards(folder: Path, n: int, seed: int, per_shard: int = 64, size: int = 48) -> Path:

@@ -4,7 +4,6 @@ languages), planted near-duplicate copies, and held-out test crops per subject. 
 from __future__ import annotations
 
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,22 +197,9 @@ def oracle_mask(rows: list[PoolRow]) -> list[bool]:
 def write_shards(folder: Path, samples: list[tuple[bytes, str, object]], per_shard: int = 1000) -> Path:
     """Webdataset shards folder/shards/NNNNN.tar (KEY.jpg, KEY.txt, KEY.json {label}) + sizes.json, the layout
     curate.train reads; samples are (JPEG bytes, caption, label)."""
-    from curate.stage_io import tar_bytes
+    from tests.shards import write_webdataset
 
-    shard_dir = Path(folder) / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for s in range(0, len(samples), per_shard):
-        members = []
-        for i, (data, cap, label) in enumerate(samples[s:s + per_shard]):
-            key = f"{s // per_shard:05d}{i:04d}"
-            members += [(f"{key}.jpg", data), (f"{key}.txt", cap.encode()),
-                        (f"{key}.json", json.dumps({"label": label}).encode())]
-        name = f"{s // per_shard:05d}.tar"
-        (shard_dir / name).write_bytes(tar_bytes(members))
-        sizes[name] = len(members) // 3
-    (shard_dir / "sizes.json").write_text(json.dumps(sizes))
-    return Path(folder)
+    return write_webdataset(folder, [(data, cap, {"label": label}) for data, cap, label in samples], per_shard)
 
 
 def class_names() -> list[str]:

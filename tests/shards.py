@@ -1,0 +1,26 @@
+"""Webdataset shards as the pipeline's writer lays them out (KEY.jpg, KEY.txt, KEY.json, sizes.json), for tests and benchmarks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from curate.stage_io import tar_bytes
+
+
+def write_webdataset(folder: Path, samples: list[tuple[bytes, str, dict]], per_shard: int) -> Path:
+    """Writes (JPEG bytes, caption, metadata) samples as <folder>/shards/NNNNN.tar + sizes.json with
+    img2dataset-style keys (KEY.json is {"key": KEY, **metadata}); returns the folder."""
+    shard_dir = Path(folder) / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for s in range(0, len(samples), per_shard):
+        members = []
+        for i, (data, caption, meta) in enumerate(samples[s:s + per_shard]):
+            key = f"{s // per_shard:05d}{i:04d}"
+            members += [(f"{key}.jpg", data), (f"{key}.txt", caption.encode()),
+                        (f"{key}.json", json.dumps({"key": key, **meta}).encode())]
+        name = f"{s // per_shard:05d}.tar"
+        (shard_dir / name).write_bytes(tar_bytes(members))
+        sizes[name] = len(samples[s:s + per_shard])
+    (shard_dir / "sizes.json").write_text(json.dumps(sizes))
+    return Path(folder)
