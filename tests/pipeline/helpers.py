@@ -4,13 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.config import load_config
-from curate.democorpus import make_corpus
+from curate.democorpus import CorpusServer, make_corpus
 from curate.schema import COL, Status
 
 TINY_CLIP = {  # an open_clip model config small enough to score on CPU in milliseconds
@@ -27,6 +28,16 @@ def write_corpus(tmp: Path, base_url: str, n: int, seed: int = 0) -> tuple[Path,
     pq.write_table(pa.table({"url": [r.url for r in rows], "caption": [r.caption for r in rows],
                              "kind": [r.kind for r in rows]}), path)
     return path, rows, files
+
+
+@contextmanager
+def served_corpus(tmp: Path, n: int, seed: int = 0):
+    """A CorpusServer on 127.0.0.1 serving `n` generated rows whose url list write_corpus put in `tmp`;
+    yields (server, url-list path, rows)."""
+    with CorpusServer() as srv:
+        path, rows, files = write_corpus(tmp, srv.base_url, n=n, seed=seed)
+        srv.set_files(files)
+        yield srv, path, rows
 
 
 def tiny_clip_config(tmp: Path) -> Path:

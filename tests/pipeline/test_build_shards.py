@@ -8,18 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.democorpus import CorpusServer
 from curate.schema import COL, STATUSES
 from pipelines.build_shards import main, run
-from tests.pipeline.helpers import run_config, tiny_clip_config, tree_digest, write_corpus
+from tests.pipeline.helpers import run_config, served_corpus, tiny_clip_config, tree_digest
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("corpus")
-    with CorpusServer() as srv:
-        path, rows, files = write_corpus(tmp, srv.base_url, n=90)
-        srv.set_files(files)
+    with served_corpus(tmp, n=90) as (srv, path, rows):
         yield srv, path, rows, tmp
 
 

@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curate.democorpus import CorpusServer
-from tests.pipeline.helpers import write_corpus
+from tests.pipeline.helpers import served_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 BURNERS_PER_CORE = 8      # load ~16 on 2 cores: Ray's fixed 15 s agent window is missed without a fix
@@ -22,9 +21,7 @@ def _burners(n: int) -> list[subprocess.Popen]:
 
 
 def test_embedded_run_completes_while_every_core_is_busy(tmp_path):
-    with CorpusServer() as srv:
-        inp, rows, files = write_corpus(tmp_path, srv.base_url, n=20, seed=3)
-        srv.set_files(files)
+    with served_corpus(tmp_path, n=20, seed=3) as (srv, inp, rows):
         out = tmp_path / "out"
         cmd = [sys.executable, "-m", "pipelines.build_shards", "--input", str(inp), "--output", str(out),
                "--allow-private-networks", "--unit-size", "10", "--languages", "en", "--image-size", "32",

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from curate.democorpus import CorpusServer
 from pipelines.build_shards import main, prepare_output, run
 from tests.fault_server import ImageServer
-from tests.pipeline.helpers import run_config, tree_digest, write_corpus
+from tests.pipeline.helpers import run_config, served_corpus, tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,9 +211,7 @@ def test_s3_lock_refuses_a_live_run_and_takes_over_a_stale_one(moto_s3, tmp_path
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("safety")
-    with CorpusServer() as srv:
-        path, rows, files = write_corpus(tmp, srv.base_url, n=45, seed=2)
-        srv.set_files(files)
+    with served_corpus(tmp, n=45, seed=2) as (srv, path, rows):
         cfg = run_config(path, tmp / "run", **{"input.unit_size": 15, "language.enabled": False})
         run(cfg)
         yield {"out": tmp / "run", "cfg": cfg, "digest": tree_digest(tmp / "run"), "srv": srv}

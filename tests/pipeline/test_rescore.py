@@ -8,10 +8,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curate.democorpus import CorpusServer
 from curate.schema import COL, Status
 from pipelines.build_shards import RunError, run
-from tests.pipeline.helpers import run_config, tiny_clip_config, write_corpus
+from tests.pipeline.helpers import run_config, served_corpus, tiny_clip_config
 
 DEMO_CKPT = Path(__file__).resolve().parents[2] / "pipelines" / "demo_assets" / "clip_demo"
 
@@ -21,9 +20,7 @@ def _ledger(out: Path):
 
 
 def test_rebuild_with_a_scorer_reuses_downloads_and_a_new_scorer_rescores(tmp_path, capsys):
-    with CorpusServer() as srv:
-        path, _, files = write_corpus(tmp_path, srv.base_url, n=60, seed=3)
-        srv.set_files(files)
+    with served_corpus(tmp_path, n=60, seed=3) as (srv, path, _):
         out = tmp_path / "out"
         run(run_config(path, out))  # round 0: no CLIP
         assert pc.sum(pc.is_valid(_ledger(out)[COL.CLIP_SCORE])).as_py() == 0

@@ -14,8 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from curate.democorpus import CorpusServer
-from tests.pipeline.helpers import tree_digest, write_corpus
+from tests.pipeline.helpers import served_corpus, tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -36,9 +35,7 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("corpus")
-    with CorpusServer() as srv:
-        path, rows, files = write_corpus(tmp, srv.base_url, n=75, seed=1)
-        srv.set_files(files)
+    with served_corpus(tmp, n=75, seed=1) as (srv, path, rows):
         yield srv, path, rows, tmp
 
 
