@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import zip_longest
+from typing import ClassVar
 
 import pyarrow as pa
 
@@ -15,6 +16,7 @@ from curate.config import DownloadConfig, ImageConfig
 from curate.fetch import Fetcher, FetchResult
 from curate.imageproc import ImageResult, process_image
 from curate.schema import COL, Status, ok_mask, set_column, set_status
+from curate.stage import StageStats
 
 MAX_DOMAINS_IN_STATS = 50   # hosts listed in domain_errors (the ones with most errors)
 _FETCHERS: dict[DownloadConfig, Fetcher] = {}
@@ -147,33 +149,30 @@ def _write_columns(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
     return table
 
 
-def _stats(results: dict[int, RowResult], seconds: float) -> dict:
-    statuses, reasons, per_host = Counter(), Counter(), defaultdict(Counter)
-    for r in results.values():
-        statuses[r.status] += 1
-        if r.status != Status.OK:
-            key = r.status if not r.detail else f"{r.status}:{r.detail}"
-            reasons[key] += 1
-            per_host[r.host or ""][key] += 1
+def _count(results: dict[int, RowResult], seconds: float, stats: StageStats) -> None:
+    """Counts one call's rows into `stats` (download_* keys; the unit's stats file shows them)."""
+    failed = [(r.host or "", r.status if not r.detail else f"{r.status}:{r.detail}")
+              for r in results.values() if r.status != Status.OK]
+    per_host = defaultdict(Counter)
+    for host, key in failed:
+        per_host[host][key] += 1
     worst = sorted(per_host, key=lambda h: -sum(per_host[h].values()))[:MAX_DOMAINS_IN_STATS]
-    ok = statuses.get(Status.OK, 0)
-    return {
-        "download_attempted": len(results),
-        "download_status_counts": dict(statuses),
-        "download_reason_counts": dict(reasons),
-        "domain_errors": {h: dict(per_host[h]) for h in worst},
-        "domains_with_errors": len(per_host),
-        "bytes_downloaded": sum(r.num_bytes or 0 for r in results.values()),
-        "bytes_stored": sum(len(r.image) for r in results.values() if r.image is not None),
-        "download_seconds": round(seconds, 3),
-        "images_per_s": round(ok / seconds, 2) if seconds > 0 else None,
-        "download_timings": _timings(results),
-    }
+    ok = sum(r.status == Status.OK for r in results.values())
+    stats.count("download_attempted", len(results))
+    stats.tally("download_status_counts", (r.status for r in results.values()))
+    stats.tally("download_reason_counts", (key for _, key in failed))
+    stats.record("domain_errors", {h: dict(per_host[h]) for h in worst})
+    stats.record("domains_with_errors", len(per_host))
+    stats.count("bytes_downloaded", sum(r.num_bytes or 0 for r in results.values()))
+    stats.count("bytes_stored", sum(len(r.image) for r in results.values() if r.image is not None))
+    stats.record("download_seconds", round(seconds, 3))
+    stats.record("images_per_s", round(ok / seconds, 2) if seconds > 0 else None)
+    stats.record("download_timings", _timings(results))
 
 
 def download_stage(table: pa.Table, dl: DownloadConfig, img: ImageConfig,
                    fetcher: Fetcher | None = None) -> tuple[pa.Table, dict]:
-    """Fetches and processes every row whose status is ok; returns (table, stats).
+    """Fetches and processes every row whose status is ok; returns (table, stats as a dict).
 
     Sets http_status, content_type, num_bytes, sha256 (of the original bytes), orig_width/height,
     width/height, image_format and the transient image column (bytes, null unless ok); failed rows get
@@ -181,10 +180,24 @@ def download_stage(table: pa.Table, dl: DownloadConfig, img: ImageConfig,
     bad_aspect. Other rows pass through unchanged; row count and order never change.
     Wall time is bounded: each fetch by dl.deadline (+ one dl.timeout), each decode by img.max_pixels.
     """
-    t0 = time.monotonic()
-    fetcher = fetcher or get_fetcher(dl)
-    todo = [i for i, ok in enumerate(ok_mask(table).to_pylist()) if ok]
-    urls = table[COL.URL].to_pylist()
-    results = _run(urls, todo, fetcher, dl, img) if todo else {}
-    out = _write_columns(table, results)
-    return out, _stats(results, time.monotonic() - t0)
+    stats = StageStats()
+    table = DownloadStage(dl, img)(table, stats, fetcher)
+    return table, stats.as_dict()
+
+
+@dataclass(frozen=True)
+class DownloadStage:
+    """The download stage (see download_stage); its fetcher (connections, DNS answers) is per process."""
+    download: DownloadConfig
+    image: ImageConfig
+    name: ClassVar[str] = "download"
+
+    def __call__(self, table: pa.Table, stats: StageStats | None = None, fetcher: Fetcher | None = None) -> pa.Table:
+        t0 = time.monotonic()
+        fetcher = fetcher or get_fetcher(self.download)
+        todo = [i for i, ok in enumerate(ok_mask(table).to_pylist()) if ok]
+        urls = table[COL.URL].to_pylist()
+        results = _run(urls, todo, fetcher, self.download, self.image) if todo else {}
+        out = _write_columns(table, results)
+        _count(results, time.monotonic() - t0, stats if stats is not None else StageStats())
+        return out

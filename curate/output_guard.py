@@ -17,8 +17,9 @@ import uuid
 import pyarrow.fs as pafs
 
 from curate import fsutil
+from curate.layout import NAMES, RunLayout
 
-LOCK_NAME = ".curate.lock"
+LOCK_NAME = NAMES.lock
 LOCK_STALE_S = 300    # seconds without a heartbeat after which an S3 lock belongs to a dead run
 HEARTBEAT_S = 30      # seconds between an S3 lock's heartbeats (well inside LOCK_STALE_S)
 _GLOB_CHARS = "*?["
@@ -29,10 +30,8 @@ class OutputError(RuntimeError):
 
 
 def known_entries() -> frozenset[str]:
-    """Top-level names a curate output holds (writer.LAYOUT, the planned input units, the lock)."""
-    from curate.reader import INPUT_DIR
-    from curate.writer import LAYOUT
-    return frozenset({p.split("/")[0] for p in LAYOUT.values()} | {INPUT_DIR, LOCK_NAME})
+    """Top-level names a curate output holds (schemas/layout.json: outputs, stage, planned input, lock)."""
+    return NAMES.top_level()
 
 
 def _is_ours(name: str, known: frozenset[str]) -> bool:
@@ -80,8 +79,8 @@ def check_output(output: str, inputs: tuple[str, ...] | list[str], overwrite: bo
                           "writes only into a new or empty folder or its own previous output, and "
                           "--overwrite deletes nothing else; pick another --output")
     bare = {n for n in entries if n != LOCK_NAME and fsutil.TMP_MARK not in n}
-    if bare and not ("config.yaml" in entries and _is_curate_config(fs, fsutil.join(out, "config.yaml"))):
-        raise OutputError(f"output {output} holds {_names(sorted(bare))} but no curate config.yaml: it is "
+    if bare and not (NAMES.config in entries and _is_curate_config(fs, RunLayout(out).config)):
+        raise OutputError(f"output {output} holds {_names(sorted(bare))} but no curate {NAMES.config}: it is "
                           "not a curate output (or not one this version can read); pick another --output")
 
 
@@ -163,7 +162,7 @@ class OutputLock:
     def __init__(self, output: str):
         self.output = output
         self.fs, out = fsutil.get_fs(output)
-        self.path = fsutil.join(out, LOCK_NAME)
+        self.path = RunLayout(out).lock
         self.info = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                      "since": _now()}
         self._fd: int | None = None

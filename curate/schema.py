@@ -73,6 +73,11 @@ def url_presets() -> dict:
     return _load("url_presets")["presets"]
 
 
+def output_layout() -> dict:
+    """The run output's file and folder names (schemas/layout.json; curate/layout.py builds the paths)."""
+    return _load("layout")
+
+
 def reason(status: str, detail: str | None = None) -> str:
     """Builds a reason string `status[:detail]`; raises on a status outside the closed set."""
     if status not in STATUSES:
@@ -101,6 +106,11 @@ def ok_mask(table: pa.Table) -> pa.ChunkedArray:
     return pc.equal(table[COL.STATUS], Status.OK)
 
 
+def ok_rows(table: pa.Table) -> np.ndarray:
+    """ok_mask as a numpy bool array (what index arithmetic wants)."""
+    return ok_mask(table).to_numpy(zero_copy_only=False).astype(bool)
+
+
 def _mask_array(mask, n: int) -> np.ndarray:
     """A boolean numpy mask (nulls false) from a list, numpy array or (chunked) Arrow array."""
     if isinstance(mask, (pa.Array, pa.ChunkedArray)):
@@ -123,21 +133,34 @@ def _per_row(value, m: np.ndarray, convert) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def set_status(table: pa.Table, mask, status: str, detail=None, message=None) -> pa.Table:
-    """Sets status/reason (and error_message) where mask is true and the row is still ok.
+def _reason_array(status: str, detail, m: np.ndarray) -> pa.Array:
+    """reason(status, detail) where m, null elsewhere; detail an Arrow string array is joined vectorised."""
+    if not isinstance(detail, (pa.Array, pa.ChunkedArray)):
+        return _per_row(detail, m, lambda d: None if status == Status.KEPT else reason(status, d))
+    if len(detail) != len(m):
+        raise ValueError(f"set_status: detail has {len(detail)} values, table has {len(m)} rows")
+    reason(status)  # a status outside the closed set raises
+    has = pc.fill_null(pc.not_equal(detail, ""), False)  # reason() treats an empty detail as none
+    full = pc.if_else(has, pc.binary_join_element_wise(status, detail, ":"), status)
+    return pc.if_else(pa.array(m), full if status != Status.KEPT else pa.nulls(len(m), pa.string()), None)
 
-    detail / message may be a scalar or a per-row sequence (None entries allowed). Rows already
-    dropped keep their first reason: a row is dropped once. Kept rows carry no reason.
+
+def set_status(table: pa.Table, mask, status: str, detail=None, message=None) -> pa.Table:
+    """Sets status/reason (and error_message) where mask is true and the row is still ok: the one
+    row-marking helper of every stage.
+
+    mask: a bool list, numpy array or (chunked) Arrow array (nulls are false). detail / message may be a
+    scalar or a per-row list (None entries allowed); detail may also be an Arrow string array (vectorised).
+    Rows already dropped keep their first reason: a row is dropped once. Kept rows carry no reason.
     """
     n = table.num_rows
-    m = _mask_array(mask, n) & ok_mask(table).to_numpy(zero_copy_only=False).astype(bool)
+    m = _mask_array(mask, n) & ok_rows(table)
     old = {c: table[c] if c in table.column_names else pa.nulls(n, pa.string())
            for c in (COL.REASON, COL.ERROR_MESSAGE)}
     if m.any():
         where = pa.array(m)
         table = set_column(table, COL.STATUS, pc.if_else(where, pa.scalar(status), table[COL.STATUS]))
-        new_reason = _per_row(detail, m, lambda d: None if status == Status.KEPT else reason(status, d))
-        old[COL.REASON] = pc.if_else(where, new_reason, old[COL.REASON])
+        old[COL.REASON] = pc.if_else(where, _reason_array(status, detail, m), old[COL.REASON])
         if message is not None:
             msg = _per_row(message, m, cap_message)
             old[COL.ERROR_MESSAGE] = pc.if_else(pc.is_valid(msg), msg, old[COL.ERROR_MESSAGE])

@@ -7,44 +7,24 @@ import io
 import json
 import os
 import sys
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from curate import fsutil
+from curate import fsutil, tario
+from curate.layout import NAMES, RunLayout, unit_name  # unit_name: re-exported for the input planner
 from curate.schema import COL, conform, ledger_schema
+from curate.tario import tar_bytes  # the one tar writer (stage and shard tars)
 
-STAGE_DIR = "stage"
+STAGE_DIR = NAMES.stage  # completion problems name files as stage/<file>
 VERIFY_THREADS = 8  # parallel completion checks: sha256 releases the GIL, S3 checks wait on requests
 
 
-def unit_name(unit_id: int) -> str:
-    """Zero-padded unit name used in file names."""
-    return f"{unit_id:06d}"
-
-
 def unit_paths(output: str, unit_id: int) -> dict[str, str]:
-    base = fsutil.join(output, STAGE_DIR, unit_name(unit_id))
-    return {"tar": base + ".tar", "ledger": base + ".parquet", "stats": base + "_stats.json",
-            "scores": base + ".scores.parquet", "embeddings": base + ".emb.parquet",
-            "done": base + ".done.json", "scores_done": base + ".scores.done.json"}
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    """A tar archive (in memory) of (name, bytes) members with fixed mtime/owner, so it is byte-stable."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    """{tar, ledger, stats, scores, embeddings, done, scores_done}: the unit's stage files (RunLayout.unit)."""
+    return RunLayout(output).unit(unit_id).as_dict()
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -182,16 +162,11 @@ def read_unit_images(output: str, unit_id: int) -> dict[str, bytes]:
     """{uid: encoded bytes} of one unit's stage tar (the extension is dropped from the key)."""
     fs, out = fsutil.get_fs(output)
     path = unit_paths(out, unit_id)["tar"]
-    data = fsutil.read_bytes(fs, path)
-    images = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-            for m in tar.getmembers():
-                if m.isfile():
-                    images[m.name.rsplit(".", 1)[0]] = tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError) as e:
-        raise ValueError(f"{path}: unreadable stage tar ({e}); rerun the pipeline to redo the unit") from e
-    return images
+        members = tario.read_members(fsutil.read_bytes(fs, path), path)
+    except tario.TarFormatError as e:
+        raise ValueError(f"{e}; rerun the pipeline to redo the unit") from e
+    return {name.rsplit(".", 1)[0]: data for name, data in members}
 
 
 SCORE_COLUMNS = (COL.UID, COL.CLIP_SCORE, COL.CLIP_MODEL, COL.CLIP_PRETRAINED)

@@ -1,4 +1,4 @@
-"""Caption text rules before download: Unicode cleaning, length/word/file-name/URL/blocklist rules, URL dedup."""
+"""Caption text rules before download: Unicode cleaning, length/word/file-name/URL/blocklist rules."""
 from __future__ import annotations
 
 import re
@@ -92,22 +92,8 @@ def _first_failure(s: str | None, nc: int, nw: int, cfg: TextConfig, block) -> s
     return None
 
 
-def first_occurrence_duplicates(urls: pa.ChunkedArray) -> np.ndarray:
-    """True where the URL already appeared earlier in `urls` (the first one is kept); null URLs are never dups."""
-    seen: set[str] = set()
-    dup = np.zeros(len(urls), dtype=bool)
-    for i, u in enumerate(urls.to_pylist()):
-        if u is None:
-            continue
-        if u in seen:
-            dup[i] = True
-        else:
-            seen.add(u)
-    return dup
-
-
-def apply_text_rules(table: pa.Table, cfg: TextConfig) -> pa.Table:
-    """Sets caption_clean for every row, then drops rows still ok as caption_rule:<detail> / duplicate_url.
+def caption_rules(table: pa.Table, cfg: TextConfig) -> pa.Table:
+    """Sets caption_clean for every row, then drops rows still ok as caption_rule:<detail>.
 
     Rows the reader already dropped (caption_rule:not_text, caption_rule:too_long for a caption cut at
     input.max_caption_bytes) keep that reason, also with the text rules disabled."""
@@ -116,11 +102,5 @@ def apply_text_rules(table: pa.Table, cfg: TextConfig) -> pa.Table:
         details = rule_details(table[COL.CAPTION_CLEAN], cfg)
         mask = pa.array([d is not None for d in details], pa.bool_())
         table = set_status(table, mask, Status.CAPTION_RULE, detail=details)
-    if cfg.dedup_urls:
-        if COL.DUP_URL in table.column_names:  # the planner saw the whole run
-            dup = pc.fill_null(table[COL.DUP_URL], False)
-        else:
-            dup = pa.array(first_occurrence_duplicates(table[COL.URL]), pa.bool_())
-        table = set_status(table, dup, Status.DUPLICATE_URL)
     return table
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from curate import fsutil, output_guard
 from curate.config import ConfigError, RunConfig, documented_yaml, dump_yaml, load_config, to_dict
+from curate.layout import RunLayout
 from pipelines.cli import build_parser, overrides_from_args
 from pipelines.progress import Progress, RunTimes
 
@@ -70,7 +71,7 @@ def prepare_output(cfg: RunConfig) -> None:
     import yaml
 
     fs, out = fsutil.get_fs(cfg.output)
-    cfg_path = fsutil.join(out, "config.yaml")
+    cfg_path = RunLayout(out).config
     if fsutil.exists(fs, cfg_path):
         old = yaml.safe_load(fsutil.read_bytes(fs, cfg_path)) or {}
         diff = _diff_keys(_comparable(old), _comparable(to_dict(cfg)))
@@ -195,9 +196,7 @@ def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None) -> None:
         if stats is None:  # a retry with nothing to retry
             prog.update(0)
             return
-        counts = stats.get("status_counts", {})
-        failed = sum(v for k, v in counts.items() if k in ("download_error", "decode_error"))
-        prog.update(stats.get("rows", 0), stats.get("images", 0), failed)
+        prog.update(stats.rows, stats.images, stats.failed)
 
     limit = cfg.max_units_in_flight or None
     parallel_map(_process_unit_task, jobs, num_cpus=1, max_in_flight=limit, on_result=on_result, spread=True)
@@ -215,7 +214,7 @@ def phase_scoring(cfg: RunConfig, units: list) -> None:
 
 def run(cfg: RunConfig) -> dict:
     """Runs (or resumes) the whole job; returns the manifest."""
-    from curate.reader import plan_units
+    from curate.inputs.plan import plan_units
     from pipelines.select_write import phase_b_c
 
     if not cfg.output:
@@ -251,7 +250,7 @@ def main(argv=None) -> int:
     if args.print_config:
         print(documented_yaml(), end="")
         return 0
-    from curate.reader import InputError
+    from curate.inputs import InputError
     try:
         cfg = load_config(args.config, overrides_from_args(args))
         run(cfg)

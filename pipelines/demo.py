@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 from curate.config import load_config
 from curate.democorpus import CorpusServer, make_corpus
 from curate.schema import COL, Status
@@ -20,7 +21,7 @@ CHECKPOINT = ASSETS / "clip_demo"  # made by `python -m pipelines.train_demo_cli
 
 def ensure_checkpoint() -> tuple[Path, float]:
     """The demo's trained CLIP checkpoint and the score threshold calibrated on its held-out data."""
-    if not (CHECKPOINT / "open_clip_model.safetensors").is_file():
+    if not (CHECKPOINT / WEIGHTS_FILE).is_file():
         print("no shipped demo checkpoint: training one now (python -m pipelines.train_demo_clip)")
         from pipelines.train_demo_clip import main as train
         train([])
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
             "input.paths": [str(urls)], "output": str(out / "run"), "overwrite": True, "seed": args.seed,
             "download.allow_private_networks": True, "download.timeout": 5, "input.unit_size": 250,
             "language.languages": ["en"], "image.size": 128, "shards.samples_per_shard": 200,
-            "clip.model": str(ckpt / "open_clip_config.json"), "clip.pretrained": str(ckpt),
+            "clip.model": str(ckpt / CONFIG_FILE), "clip.pretrained": str(ckpt),
             "clip.threshold": threshold, "clip.batch_size": 128, "dedup.enabled": True})
         run(cfg)
     rates = clip_rates(out / "run", rows)

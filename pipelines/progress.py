@@ -7,9 +7,9 @@ import sys
 import time
 
 from curate import fsutil
+from curate.layout import RunLayout
+from curate.stage import UnitStats
 from curate.timing import Phases, TreeCpu, merge
-
-TIMINGS_FILE = "timings.json"  # under the output's stage folder: the breakdown of the latest run
 
 
 class Progress:
@@ -68,12 +68,12 @@ class RunTimes:
         self.units: dict[str, dict] = {}
         self.units_timed = 0
 
-    def add_unit(self, stats: dict | None) -> None:
+    def add_unit(self, stats: UnitStats | None) -> None:
         """Adds one finished unit's stats (process_unit / retry_unit); None (nothing retried) adds nothing."""
         if not stats:
             return
-        merge(self.units, stats.get("timings", {}))
-        merge(self.units, {f"download.{k}": v for k, v in stats.get("download_timings", {}).items()})
+        merge(self.units, stats.timings or {})
+        merge(self.units, {f"download.{k}": v for k, v in stats.download_timings.items()})
         self.units_timed += 1
 
     def as_dict(self) -> dict:
@@ -81,10 +81,8 @@ class RunTimes:
 
     def write(self, output: str) -> None:
         """<output>/stage/timings.json (replaced by each run or resume)."""
-        from curate.stage_io import STAGE_DIR
         fs, out = fsutil.get_fs(output)
-        fsutil.atomic_write(fs, fsutil.join(out, STAGE_DIR, TIMINGS_FILE),
-                            json.dumps(self.as_dict(), indent=1).encode())
+        fsutil.atomic_write(fs, RunLayout(out).timings, json.dumps(self.as_dict(), indent=1).encode())
 
     def summary(self) -> str:
         """One line per driver phase and per unit phase: where the run's time went."""

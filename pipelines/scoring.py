@@ -1,9 +1,9 @@
-"""Phase-A scoring pass: CLIP scores for completed stage units through Ray Data (CPU decode tasks, model actors)."""
+"""Phase-A scoring pass: CLIP scores for completed stage units through Ray Data: curate.clip's ClipScore stage, its
+CPU half (decode, tokenize) in tasks and its model half in an actor pool."""
 from __future__ import annotations
 
 import sys
 import time
-from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -12,7 +12,7 @@ import ray
 
 from curate import fsutil, stage_io
 from curate.clip.model import scorer_identity
-from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipPreprocess, ClipScorer
+from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipScore, worker_stage
 from curate.config import ClipConfig
 from curate.schema import COL, Status
 
@@ -43,14 +43,20 @@ def read_units(batch: pa.Table, output: str) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-@lru_cache(maxsize=2)
-def _preprocessor(cfg: ClipConfig) -> ClipPreprocess:
-    return ClipPreprocess(cfg)  # once per worker process: Ray reuses workers across tasks
-
-
 def preprocess_batch(batch: pa.Table, cfg: ClipConfig) -> pa.Table:
-    """ClipPreprocess as a stateless Ray task function (the transforms are cached per worker)."""
-    return _preprocessor(cfg)(batch)
+    """ClipScore's CPU half as a stateless Ray task function (the transforms load once per worker)."""
+    return worker_stage(cfg).preprocess(batch)
+
+
+class ClipModelActor:
+    """ClipScore's model half as a Ray Data actor: the model loads when the actor starts, once."""
+
+    def __init__(self, cfg: ClipConfig):
+        self.stage = ClipScore(cfg)
+        self.stage.load("model")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage.score(batch)
 
 
 def actor_options(cfg: ClipConfig) -> dict:
@@ -103,7 +109,7 @@ def _build_dataset(output: str, units: list[int], cfg: ClipConfig):
     ds = ds.map_batches(read_units, fn_kwargs={"output": output}, batch_size=1, batch_format="pyarrow")
     ds = ds.map_batches(preprocess_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                         batch_format="pyarrow", num_cpus=1)
-    return ds.map_batches(ClipScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
+    return ds.map_batches(ClipModelActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                           batch_format="pyarrow", **actor_options(cfg))
 
 

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import fsutil, stage_io
+from curate import fsutil
 from curate.config import RunConfig
+from curate.layout import RunLayout
 from curate.schema import COL, Status, conform, ok_mask
 from curate.timing import Phases
 
@@ -25,10 +26,10 @@ def load_ledger(cfg: RunConfig, units: list) -> pa.Table:
     fs, out = fsutil.get_fs(cfg.output)
     parts = []
     for u in units:
-        paths = stage_io.unit_paths(out, u.unit_id)
-        t = _read_parquet(fs, paths["ledger"])
-        if cfg.clip.enabled and fsutil.exists(fs, paths["scores"]):
-            t = _join_scores(t, _read_parquet(fs, paths["scores"]))
+        paths = RunLayout(out).unit(u.unit_id)
+        t = _read_parquet(fs, paths.ledger)
+        if cfg.clip.enabled and fsutil.exists(fs, paths.scores):
+            t = _join_scores(t, _read_parquet(fs, paths.scores))
         parts.append(conform(t, "ledger"))
     return pa.concat_tables(parts, promote_options="permissive") if parts else _empty_ledger()
 
@@ -51,12 +52,13 @@ def dedup_drops(cfg: RunConfig, ledger: pa.Table) -> pa.Table | None:
     if not cfg.dedup.enabled:
         return None
     from curate.dedup import find_duplicates
+    from pipelines.dedup_ray import ray_pairs  # the Ray Data pair search, used when spreading
 
     cols = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT]
     meta = ledger.filter(ok_mask(ledger)).select(cols)
     t0 = time.time()
     spread = meta.num_rows >= cfg.dedup.spread_min and _nodes() > 1
-    drops = find_duplicates(meta, cfg.dedup, spread=spread)
+    drops = find_duplicates(meta, cfg.dedup, pair_search=ray_pairs if spread else None)
     print(f"phase B: dedup over {meta.num_rows} images -> {drops.num_rows} dropped "
           f"in {time.time() - t0:.1f} s{' (Ray Data job over the cluster)' if spread else ''}", file=sys.stderr)
     return drops
@@ -71,7 +73,7 @@ def _nodes() -> int:
 
 def plan_inputs(output: str) -> list[dict]:
     """[{path, rows}] of the run's input files, from the saved plan."""
-    from curate.reader import load_plan
+    from curate.inputs.plan import load_plan
     plan = load_plan(output) or {"files": []}
     return [{"path": f["path"], "rows": f["rows"]} for f in plan["files"]]
 
@@ -105,8 +107,8 @@ def _report(cfg: RunConfig, manifest: dict) -> None:
 
     path = build_report(cfg.output)  # the threshold comes from the manifest (recorded by selection)
     print(summary_table(manifest))
-    print(f"\nshards:   {fsutil.join(cfg.output, 'shards')}\nmetadata: {fsutil.join(cfg.output, 'metadata')}"
-          f"\nreport:   {path}")
+    lay = RunLayout(cfg.output)
+    print(f"\nshards:   {lay.shards}\nmetadata: {lay.metadata}\nreport:   {path}")
 
 
 def _empty_ledger() -> pa.Table:

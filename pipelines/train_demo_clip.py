@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from curate import synth
+from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 from curate.democorpus import _caption, _other  # the demo's own caption wording
-from curate.stage_io import tar_bytes
+from curate.tario import tar_bytes
 
 OUT = Path(__file__).resolve().parent / "demo_assets" / "clip_demo"
 MODEL_CFG = {  # small enough to train in minutes on 2 CPU cores, big enough to tell 8 colours x 6 shapes apart
@@ -78,7 +79,7 @@ def calibrate(ckpt: Path, n: int = 600, seed: int = 999) -> dict:
         cap = _caption(rng, color, shape) if ok else _caption(rng, *_other(rng, color, shape))
         rows.append({COL.UID: f"{k:032x}", COL.IMAGE: _jpeg(img), COL.CAPTION_CLEAN: cap})
         match.append(ok)
-    cfg = ClipConfig(model=str(ckpt / "open_clip_config.json"), pretrained=str(ckpt), batch_size=128)
+    cfg = ClipConfig(model=str(ckpt / CONFIG_FILE), pretrained=str(ckpt), batch_size=128)
     scores = np.array(score_table(pa.Table.from_pylist(rows), cfg)[COL.CLIP_SCORE].to_pylist())
     match = np.array(match)
     cands = np.unique(scores)
@@ -128,8 +129,8 @@ def main(argv=None) -> int:
         final = Path(summary["checkpoint"]) if "checkpoint" in summary else sorted((work / "out" / "checkpoints").iterdir())[-1]
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(final / "open_clip_config.json", out / "open_clip_config.json")
-        _save_half(final / "open_clip_model.safetensors", out / "open_clip_model.safetensors")
+        shutil.copy2(final / CONFIG_FILE, out / CONFIG_FILE)
+        _save_half(final / WEIGHTS_FILE, out / WEIGHTS_FILE)
         meta = {**calibrate(out), "zeroshot_top1": summary.get("metrics", {}).get("zeroshot_top1"),
                 "train_samples": args.samples, "steps": args.steps, "model_cfg": MODEL_CFG}
         (out / "demo_calibration.json").write_text(json.dumps(meta, indent=1))

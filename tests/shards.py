@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curate.stage_io import tar_bytes
+from curate.tario import tar_bytes
 
 
 def write_webdataset(folder: Path, samples: list[tuple[bytes, str, dict]], per_shard: int) -> Path:

@@ -18,17 +18,8 @@ from safetensors.torch import save_file
 
 from curate import stage_io
 from curate.clip.model import ClipLoadError, hub_reachable, load_clip
-from curate.clip.scorer import (
-    IMAGE_EMB,
-    TEXT_EMB,
-    ClipPreprocess,
-    ClipScorer,
-    _text_fast,
-    _vit_fast,
-    encode_image,
-    length_buckets,
-    score_table,
-)
+from curate.clip.encode import _text_fast, _vit_fast, encode_image, length_buckets
+from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipPreprocess, ClipScorer, score_table
 from curate.config import ClipConfig
 from curate.schema import COL, Status
 from pipelines.scoring import read_scores, score_units

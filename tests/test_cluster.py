@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from curate.config import DedupConfig
-from curate.dedup.cluster import SearchStats, find_duplicates, find_duplicates_ray, near_pairs
+from curate.dedup.cluster import SearchStats, find_duplicates, near_pairs
 from curate.dedup.hashing import add_hashes
 from curate.dedup.mih import cross_hits, plan
 from curate.schema import COL, Status
@@ -428,6 +428,8 @@ def test_eval_overlap_from_parquet_and_text(tmp_path):
 
 def test_ray_version_finds_clusters_across_units(tmp_path):
     import ray
+
+    from pipelines.dedup_ray import find_duplicates_ray
 
     rng = np.random.default_rng(11)
     h = _planted(rng, 60, 60, 3)

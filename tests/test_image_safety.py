@@ -20,7 +20,7 @@ from curate.config import ClipConfig, DedupConfig, DownloadConfig, ImageConfig
 from curate.dedup.hashing import add_hashes
 from curate.download import download_stage
 from curate.imageproc import process_image
-from curate.report import _thumb
+from curate.report.figures import thumbnail as _thumb
 from curate.schema import COL, Status
 from curate.train.data import decode_sample
 from tests import fault_server as fs

@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from curate.captions import prefilter
 from curate.config import LanguageConfig, TextConfig
-from curate.language import (LanguageDetector, LangdetectEngine, clean_for_detection, get_detector, iso639_1,
-                             prefilter)
+from curate.langid.cleaning import clean_for_detection, iso639_1
+from curate.langid.detector import LanguageDetector, get_detector
+from curate.langid.langdetect_port import LangdetectEngine
 from curate.schema import COL, Status
 
 DATA = Path(__file__).parent / "data" / "captions_multilingual.jsonl"
@@ -154,7 +156,7 @@ _CHILD = r"""
 import json, sys
 sys.path.insert(0, {root!r})
 from curate.config import LanguageConfig
-from curate.language import get_detector
+from curate.langid.detector import get_detector
 from langdetect import detect_langs
 texts = json.load(sys.stdin)
 langs, probs = get_detector(LanguageConfig(seed=0)).detect_batch(texts)

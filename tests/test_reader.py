@@ -1,4 +1,4 @@
-"""Tests for curate.reader with real files of every format: inputs, presets, errors, units, uids, duplicates."""
+"""Tests for curate.inputs with real files of every format: inputs, presets, errors, units, uids, duplicates."""
 import csv
 import gzip
 import hashlib
@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.config import InputConfig
-from curate.reader import (InputError, UnitSpec, load_plan, make_uid, plan_units, read_unit,
-                           resolve_inputs)
+from curate.inputs import InputError
+from curate.inputs.files import resolve_inputs
+from curate.inputs.plan import UnitSpec, load_plan, plan_units
+from curate.inputs.rows import make_uid, read_unit
 from curate.schema import COL, Status, conform
 
 ROWS = [

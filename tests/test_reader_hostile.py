@@ -12,10 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curate.captions import apply_text_rules
 from curate.config import InputConfig, TextConfig
-from curate.reader import URL_MAX_BYTES, InputError, load_plan, make_uid, plan_units, read_unit
+from curate.inputs import InputError
+from curate.inputs.columns import URL_MAX_BYTES
+from curate.inputs.plan import load_plan, plan_units
+from curate.inputs.rows import make_uid, read_unit
 from curate.schema import COL, conform
-from curate.text import apply_text_rules
 
 
 def cfg(paths, **kw):
@@ -150,7 +153,8 @@ def test_long_caption_and_url_are_cut_and_kept_as_rows(tmp_path, fmt):
 _MEASURE = textwrap.dedent("""
     import json, os, resource, sys, tempfile
     from curate.config import InputConfig
-    from curate.reader import plan_units, read_unit
+    from curate.inputs.plan import plan_units
+    from curate.inputs.rows import read_unit
     warm = tempfile.mkdtemp()  # load every code path before the baseline
     for name, text in (("w.jsonl", '{"url": "http://a/1", "caption": "c"}\\n'),
                        ("w.csv", "url,caption\\nhttp://a/1,c\\n")):

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curate.report import (PLOT_BARS, REPORT_NAME, _Hist, build_report, effective_threshold, funnel, manifest_from_ledger,
+from curate.report import (PLOT_BARS, REPORT_NAME, build_report, effective_threshold, funnel, manifest_from_ledger,
                            read_manifest, render_report, scan_ledger, summary_table)
+from curate.report.stats import Histogram as _Hist
 from curate.schema import Status
 from tests.run_fixture import THRESHOLD, make_run
 

@@ -72,6 +72,20 @@ def test_dedup_drops_apply_only_to_ok_rows():
         select(ledger, pa.table({COL.UID: [uids[1]], COL.STATUS: ["gone"], COL.REASON: ["gone"]}), _cfg())
 
 
+def test_dedup_drops_mark_through_set_status_and_reject_bad_reasons():
+    ledger = _ledger(100)
+    uids = ledger[COL.UID].to_pylist()
+    drops = pa.table({COL.UID: [uids[1], uids[2], uids[1]],
+                      COL.STATUS: [Status.EVAL_OVERLAP, Status.DUPLICATE, Status.DUPLICATE],
+                      COL.REASON: [Status.EVAL_OVERLAP, "duplicate:sha256", "duplicate:sha256"]})
+    got = _by_uid(select(ledger, drops, _cfg())[0])
+    assert got[uids[1]][:2] == (Status.EVAL_OVERLAP, Status.EVAL_OVERLAP)  # a uid listed twice: its first entry
+    assert got[uids[2]][:2] == (Status.DUPLICATE, "duplicate:sha256")
+    bad = pa.table({COL.UID: [uids[3]], COL.STATUS: [Status.DUPLICATE], COL.REASON: ["lang"]})
+    with pytest.raises(SchemaError, match=uids[3]):
+        select(ledger, bad, _cfg())
+
+
 def test_clip_threshold_and_top_fraction():
     ledger = _ledger()
     score = ledger[COL.CLIP_SCORE].to_numpy()

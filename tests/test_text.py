@@ -4,10 +4,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from curate.captions import apply_text_rules, prefilter
 from curate.config import ConfigError, LanguageConfig, TextConfig, load_config
-from curate.language import prefilter
+from curate.inputs.prefetch import first_occurrence_duplicates
 from curate.schema import COL, Status
-from curate.text import apply_text_rules, clean_captions, compile_blocklist, first_occurrence_duplicates, word_counts
+from curate.text import clean_captions, compile_blocklist, word_counts
 
 NO_LANG = LanguageConfig(enabled=False)
 

@@ -24,7 +24,9 @@ from curate import stage_io
 from curate.config import BalanceConfig, ClipConfig, RunConfig, ShardConfig
 from curate.schema import COL, Status, conform, reason
 from curate.select import select
-from curate.writer import scan_ustar, ustar_bytes, write_outputs
+from curate.tario import scan_ustar
+from curate.tario import tar_bytes as ustar_bytes
+from curate.writer import write_outputs
 
 WORDS = ("cat", "dog", "bird", "tree", "car", "boat")
 LANGS = ("en", "de", "fr")

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
+
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-CKPT_CONFIG = "open_clip_config.json"          # open_clip's hub format: {"model_cfg": ..., "preprocess_cfg": ...}
-CKPT_WEIGHTS = "open_clip_model.safetensors"   # what curate.train writes beside it
 HUB_PROBE = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0  # seconds: an offline machine must fail within seconds, not after minutes of retries
 RANDOM_INIT_SEED = 0
@@ -119,7 +119,7 @@ def _cached_tag_file(tag_cfg: dict) -> str | None:
     if hub:
         from huggingface_hub import try_to_load_from_cache
         repo, fname = os.path.split(hub)
-        names = [fname] if fname else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        names = [fname] if fname else [WEIGHTS_FILE, "open_clip_pytorch_model.bin"]
         if fname.endswith((".bin", ".pth")):
             names.insert(0, fname[:-4] + ".safetensors")
         for n in names:
@@ -155,11 +155,11 @@ def _tag_weights(model: str, name: str, tag: str, tag_cfg: dict) -> str:
 
 
 def _checkpoint_dir(path: Path) -> Resolved:
-    if not (path / CKPT_CONFIG).is_file():
-        raise ClipLoadError(f"clip.pretrained: {path} is a directory without {CKPT_CONFIG} "
+    if not (path / CONFIG_FILE).is_file():
+        raise ClipLoadError(f"clip.pretrained: {path} is a directory without {CONFIG_FILE} "
                             f"(expected a curate.train checkpoint dir)")
     if not any(path.glob(f"*{s}") for s in (".safetensors", ".bin", ".pth")):
-        raise ClipLoadError(f"clip.pretrained: checkpoint dir {path} has no weights file ({CKPT_WEIGHTS})")
+        raise ClipLoadError(f"clip.pretrained: checkpoint dir {path} has no weights file ({WEIGHTS_FILE})")
     return Resolved(name=f"local-dir:{path}")
 
 

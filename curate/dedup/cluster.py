@@ -47,6 +47,7 @@ are removed before clustering, so a cluster's representative is never an evaluat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numba
 import numpy as np
@@ -55,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.config import DedupConfig
-from curate.dedup.mih import SearchStats, build, cross_hits, plan, near_pairs, table_pairs, unique_pairs, _popcount
+from curate.dedup.mih import SearchStats, cross_hits, near_pairs, _popcount
 from curate.schema import COL, Status, reason
 
 OUT_SCHEMA = pa.schema([(COL.UID, pa.string()), (COL.STATUS, pa.string()), (COL.REASON, pa.string())])
@@ -64,6 +65,8 @@ LOW_DETAIL = "low_detail:" + NEAR      # the same, claimed under the low-detail 
                                         # suffix that the manifest's reason counts and the report collapse)
 SECOND = "second_hash:" + NEAR         # the same, claimed through the second search (second_k, loose_k)
 DETAILS = ("sha256", NEAR, LOW_DETAIL, SECOND)  # index = how a row was claimed (0: a sha256 copy)
+# (sorted distinct hashes, k, max_bucket) -> (a, b): every index pair a < b within Hamming distance k
+PairSearch = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 def load_eval_hashes(path: str | None, column: str = COL.PHASH) -> np.ndarray:
@@ -322,73 +325,16 @@ def resolve(meta: pa.Table, cfg: DedupConfig, uniq: np.ndarray, inv: np.ndarray,
 
 
 def find_duplicates(meta: pa.Table, cfg: DedupConfig = DedupConfig(), stats: SearchStats | None = None,
-                    spread: bool = False) -> pa.Table:
+                    pair_search: PairSearch | None = None) -> pa.Table:
     """Rows of `meta` (uid, sha256, phash, dhash, clip_score, width, height; 'ok' rows only) to drop, as a
     table of uid, status, reason: eval_overlap, or duplicate with a detail of DETAILS (see the module's rule).
-    spread: run the pair searches as Ray Data jobs over the connected cluster instead of this node's threads."""
+    pair_search(values, k, max_bucket): the pair search, default near_pairs on this node's threads (with
+    `stats`); pipelines.dedup_ray.ray_pairs runs it as a Ray Data job over the connected cluster."""
     if not cfg.enabled or meta.num_rows == 0:
         return OUT_SCHEMA.empty_table()
-    if spread:
-        search = lambda values, k: _ray_pairs(values, k, cfg.max_bucket)  # noqa: E731
-    else:
+    if pair_search is None:
         search = lambda values, k: near_pairs(values, k, cfg.max_bucket, stats)  # noqa: E731
+    else:
+        search = lambda values, k: pair_search(values, k, cfg.max_bucket)  # noqa: E731
     uniq, inv = _hashes(meta, cfg)
     return resolve(meta, cfg, uniq, inv, search(uniq, cfg.k), search)
-
-
-# ---------------------------------------------------------------- Ray Data version (same output, spread out)
-
-TASKS_PER_CPU = 4  # work items per CPU of the cluster: small enough to balance, large enough to amortise a task
-
-
-def _read_meta(paths: list[str], columns: list[str]) -> pa.Table:
-    """The 'ok' rows of the stage ledgers, only the columns clustering needs."""
-    tables = [pq.read_table(p, columns=columns + [COL.STATUS], filters=[(COL.STATUS, "=", Status.OK)])
-              for p in paths]
-    return pa.concat_tables(tables).select(columns)
-
-
-def _pairs_batch(batch: dict, tables: list, k: int) -> dict:
-    """map_batches over work items (table, lo, hi): the pairs of one chunk of one table's buckets."""
-    import ray
-
-    out_a, out_b = [], []
-    for t, lo, hi in zip(batch["table"], batch["lo"], batch["hi"]):
-        a, b, _ = table_pairs(ray.get(tables[int(t)]), k, int(lo), int(hi))
-        out_a.append(np.minimum(a, b))
-        out_b.append(np.maximum(a, b))
-    return {"a": np.concatenate(out_a), "b": np.concatenate(out_b)}
-
-
-def _ray_pairs(uniq: np.ndarray, k: int, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """The Ray Data job: every pair of `uniq` within distance k, as sorted distinct index pairs.
-
-    The tables (hashes sorted by substring key, ~24 bytes per hash each) are built once on the driver and put
-    in the object store; each task probes one chunk of one table's buckets against the whole table, read
-    zero-copy from its node's store."""
-    import ray
-
-    refs, items = [], []
-    per_task = max(1024, -(-len(uniq) // (TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1))))))
-    for sub in plan(k, len(uniq), len(uniq)):
-        table = build(uniq, sub, max_bucket)
-        items += [{"table": len(refs), "lo": lo, "hi": min(len(table.distinct), lo + per_task)}
-                  for lo in range(0, len(table.distinct), per_task)]
-        refs.append(ray.put(table))
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        _pairs_batch, batch_size=1, batch_format="numpy",
-        fn_kwargs={"tables": refs, "k": k})
-    found = list(ds.iter_batches(batch_format="numpy"))
-    if not found:
-        return unique_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    return unique_pairs(np.concatenate([f["a"] for f in found]), np.concatenate([f["b"] for f in found]))
-
-
-def find_duplicates_ray(paths: list[str], cfg: DedupConfig = DedupConfig()) -> pa.Table:
-    """find_duplicates over stage ledgers `paths`, with the pair search run as a Ray Data job spread over the
-    cluster's CPUs (chunks of each table's buckets); reading and clustering on the driver, whose input is only the
-    ~40 bytes per image clustering needs and whose pair list is near-duplicates only."""
-    if not cfg.enabled or not paths:
-        return OUT_SCHEMA.empty_table()
-    meta = _read_meta(paths, [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT])
-    return find_duplicates(meta, cfg, spread=True)

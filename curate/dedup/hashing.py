@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +13,7 @@ from PIL import Image
 from curate.config import DedupConfig
 from curate.imageproc import open_image
 from curate.schema import COL, set_column
+from curate.stage import StageStats
 
 HASH_SIZE = 8                      # 8x8 bits = 64
 PHASH_SIDE = HASH_SIZE * 4         # imagehash's highfreq_factor 4: a 32x32 grayscale image
@@ -285,3 +288,13 @@ def add_hashes(table: pa.Table, cfg: DedupConfig = DedupConfig()) -> pa.Table:
             valid[rows] = True
     table = set_column(table, COL.PHASH, pa.array(phash, pa.uint64(), mask=~valid))
     return set_column(table, COL.DHASH, pa.array(dhash, pa.uint64(), mask=~valid))
+
+
+@dataclass(frozen=True)
+class HashingStage:
+    """Phase A's hashing stage: add_hashes over the rows that carry image bytes (counts nothing)."""
+    dedup: DedupConfig
+    name: ClassVar[str] = "hashing"
+
+    def __call__(self, table: pa.Table, stats: StageStats | None = None) -> pa.Table:
+        return add_hashes(table, self.dedup)

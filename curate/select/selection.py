@@ -1,4 +1,7 @@
-"""Phase B selection over the run's ledger: dedup drops, CLIP filter, balancing, seeded shard assignment."""
+"""Phase B selection over the run's ledger: dedup drops, CLIP filter, balancing, seeded shard assignment.
+
+Each step is a pure, seeded table function that takes only its sub-config and marks rows with
+curate.schema.set_status (the one row-marking helper: a row keeps its first reason)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.config import RunConfig
-from curate.schema import COL, STATUSES, SchemaError, Status, conform, set_status
+from curate.config import BalanceConfig, ClipConfig, RunConfig, ShardConfig
+from curate.schema import COL, STATUSES, SchemaError, Status, conform, ok_rows, set_status
 from curate.select import balance
 
 SHARD_DIGITS = 5  # shards/00000.tar: img2dataset's minimum shard-id width
@@ -26,95 +29,97 @@ def select(ledger: pa.Table, drops: pa.Table | None, cfg: RunConfig) -> tuple[pa
     table = conform(ledger, "ledger")
     stats: dict = {"input_rows": table.num_rows}
     table = apply_drops(table, drops)
-    table = clip_filter(table, cfg)
-    stats["clip_threshold"] = effective_threshold(table, cfg)
-    table, stats["concepts"] = concept_balance(table, cfg)
-    table = lang_balance(table, cfg)
-    table = assign_shards(table, cfg)
+    table = clip_filter(table, cfg.clip, cfg.seed)
+    stats["clip_threshold"] = effective_threshold(table, cfg.clip)
+    table, stats["concepts"] = concept_balance(table, cfg.balance, cfg.seed)
+    table = lang_balance(table, cfg.balance, cfg.seed)
+    table = assign_shards(table, cfg.shards, cfg.seed)
     stats["steps"] = _step_counts(table)
     stats["shard_mix"] = shard_mix(table)
     return table, stats
 
 
-# ---------------------------------------------------------------- status helpers (vectorised)
-def _ok(table: pa.Table) -> np.ndarray:
-    return pc.equal(table[COL.STATUS], Status.OK).to_numpy(zero_copy_only=False)
-
-
-def mark(table: pa.Table, mask: np.ndarray, status: str, detail: str | None = None) -> pa.Table:
-    """Sets status/reason where `mask` holds and the row is still ok; a dropped row keeps its first reason."""
-    return set_status(table, np.asarray(mask, dtype=bool), status, detail)
-
-
+# ---------------------------------------------------------------- steps (each marks rows with set_status)
 def apply_drops(table: pa.Table, drops: pa.Table | None) -> pa.Table:
-    """Gives each ok row listed in `drops` (uid, status, reason) that status and reason."""
+    """Gives each ok row listed in `drops` (uid, status, reason `status[:detail]`) that status and reason."""
     if drops is None or drops.num_rows == 0:
         return table
-    bad = set(pc.unique(drops[COL.STATUS]).to_pylist()) - set(STATUSES) - {None}
-    if bad or Status.KEPT in set(pc.unique(drops[COL.STATUS]).to_pylist()):
+    statuses = set(pc.unique(drops[COL.STATUS]).to_pylist())
+    bad = statuses - set(STATUSES)
+    if bad or Status.KEPT in statuses:
         raise SchemaError(f"drops.status: not drop statuses: {sorted(map(str, bad)) or ['kept']}")
-    idx = pc.index_in(table[COL.UID], value_set=drops[COL.UID])
-    hit = pc.and_(pc.is_valid(idx), pc.equal(table[COL.STATUS], Status.OK))
-    st = pc.if_else(hit, pc.take(drops[COL.STATUS], idx), table[COL.STATUS])
-    rs = pc.if_else(hit, pc.take(drops[COL.REASON], idx), table[COL.REASON])
-    table = table.set_column(table.schema.get_field_index(COL.STATUS), COL.STATUS, st)
-    return table.set_column(table.schema.get_field_index(COL.REASON), COL.REASON, rs)
+    idx = pc.index_in(table[COL.UID], value_set=drops[COL.UID])  # a uid listed twice: its first entry
+    st, rs = pc.take(drops[COL.STATUS], idx), pc.take(drops[COL.REASON], idx)
+    for status in sorted(statuses):
+        hit = pc.fill_null(pc.equal(st, status), False)
+        table = set_status(table, hit, status, _drop_details(table, hit, status, rs))
+    return table
 
 
-def clip_filter(table: pa.Table, cfg: RunConfig) -> pa.Table:
+def _drop_details(table: pa.Table, hit, status: str, reasons) -> pa.ChunkedArray:
+    """The detail part of each listed row's reason; raises SchemaError naming a reason not `status[:detail]`."""
+    good = pc.or_(pc.equal(reasons, status), pc.starts_with(reasons, status + ":"))
+    wrong = pc.and_(hit, pc.invert(pc.fill_null(good, False)))
+    if pc.any(wrong).as_py():
+        i = pc.index(wrong, True).as_py()
+        raise SchemaError(f"drops.reason: {reasons[i].as_py()!r} for uid {table[COL.UID][i].as_py()!r} "
+                          f"is not {status!r} or {status + ':<detail>'!r}")
+    return pc.utf8_slice_codeunits(reasons, len(status) + 1)
+
+
+def clip_filter(table: pa.Table, clip: ClipConfig, seed: int) -> pa.Table:
     """low_clip_score: below clip.threshold, and/or outside the top clip.keep_top_fraction of the run's
-    ok rows (ties broken by a seeded uid hash). Rows without a score fail an enabled filter."""
-    thr, frac = cfg.clip.threshold, cfg.clip.keep_top_fraction
+    ok rows (ties broken by a uid hash seeded with `seed`). Rows without a score fail an enabled filter."""
+    thr, frac = clip.threshold, clip.keep_top_fraction
     if thr is None and frac is None:
         return table
-    ok = _ok(table)
+    ok = ok_rows(table)
     score = table[COL.CLIP_SCORE].to_numpy(zero_copy_only=False).astype(np.float64)
     missing = ok & np.isnan(score)
-    table = mark(table, missing, Status.LOW_CLIP_SCORE, "missing")
+    table = set_status(table, missing, Status.LOW_CLIP_SCORE, "missing")
     if thr is not None:
-        table = mark(table, ok & ~missing & (score < thr), Status.LOW_CLIP_SCORE, "threshold")
+        table = set_status(table, ok & ~missing & (score < thr), Status.LOW_CLIP_SCORE, "threshold")
     if frac is not None:
         cand = np.flatnonzero(ok & ~missing)
         k = int(math.floor(frac * len(cand) + 1e-9))
-        tie = balance.uniform(cfg.seed, balance.uid_hash64(table[COL.UID].take(pa.array(cand))),
+        tie = balance.uniform(seed, balance.uid_hash64(table[COL.UID].take(pa.array(cand))),
                               np.uint64(balance.str_hash64("clip")))
         order = cand[np.lexsort((tie, -score[cand]))]
         drop = np.zeros(table.num_rows, dtype=bool)
         drop[order[k:]] = True
-        table = mark(table, drop, Status.LOW_CLIP_SCORE, "top_fraction")
+        table = set_status(table, drop, Status.LOW_CLIP_SCORE, "top_fraction")
     return table
 
 
-def effective_threshold(table: pa.Table, cfg: RunConfig) -> float | None:
+def effective_threshold(table: pa.Table, clip: ClipConfig) -> float | None:
     """The CLIP score the filter really applied: the configured threshold, or with keep_top_fraction the
     lowest score that survived it (what the report draws); None when no filter is on."""
-    if cfg.clip.threshold is None and cfg.clip.keep_top_fraction is None:
+    if clip.threshold is None and clip.keep_top_fraction is None:
         return None
-    survivors = table[COL.CLIP_SCORE].filter(pa.array(_ok(table)))
+    survivors = table[COL.CLIP_SCORE].filter(pa.array(ok_rows(table)))
     low = pc.min(survivors).as_py() if len(survivors) else None
-    if cfg.clip.keep_top_fraction is None:
-        return cfg.clip.threshold
-    return low if cfg.clip.threshold is None or low is None else max(low, cfg.clip.threshold)
+    if clip.keep_top_fraction is None:
+        return clip.threshold
+    return low if clip.threshold is None or low is None else max(low, clip.threshold)
 
 
-def concept_balance(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, dict]:
+def concept_balance(table: pa.Table, bc: BalanceConfig, seed: int) -> tuple[pa.Table, dict]:
     """MetaCLIP balancing of the ok rows (see balance.concept_keep); fills COL.CONCEPTS for them."""
-    bc = cfg.balance
     if not bc.concepts:
         return table, {}
     matcher = balance.cached_matcher(bc.vocabulary, bc.case_sensitive)
-    cand = np.flatnonzero(_ok(table))
+    cand = np.flatnonzero(ok_rows(table))
     sub = table.select([COL.UID, COL.CAPTION_CLEAN]).take(pa.array(cand))
     rows, ents = matcher.match(sub[COL.CAPTION_CLEAN])
     uid_h = balance.uid_hash64(sub[COL.UID])
-    keep, counts = balance.concept_keep(uid_h, rows, ents, matcher.entries, bc.t, bc.unmatched, cfg.seed)
+    keep, counts = balance.concept_keep(uid_h, rows, ents, matcher.entries, bc.t, bc.unmatched, seed)
     concepts = _concept_lists(len(cand), rows, ents, matcher.entries)
     full = pa.nulls(table.num_rows, pa.list_(pa.string()))
     full = _scatter(full, cand, concepts)
     table = table.set_column(table.schema.get_field_index(COL.CONCEPTS), COL.CONCEPTS, full)
     drop = np.zeros(table.num_rows, dtype=bool)
     drop[cand[~keep]] = True
-    table = mark(table, drop, Status.BALANCED_OUT, "concept")
+    table = set_status(table, drop, Status.BALANCED_OUT, "concept")
     top = np.argsort(-counts, kind="stable")[:20]
     return table, {"matched_rows": int(len(np.unique(rows))), "candidates": int(len(cand)),
                    "entries_matched": int((counts > 0).sum()), "t": bc.t,
@@ -138,18 +143,17 @@ def _scatter(full: pa.Array, idx: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.concat_arrays([full, values.cast(full.type)]).take(pa.array(src))
 
 
-def lang_balance(table: pa.Table, cfg: RunConfig) -> pa.Table:
+def lang_balance(table: pa.Table, bc: BalanceConfig, seed: int) -> pa.Table:
     """balanced_out:lang for rows beyond the per-language caps or target shares of the ok set."""
-    bc = cfg.balance
     if not bc.lang_caps and not bc.lang_shares:
         return table
-    cand = np.flatnonzero(_ok(table))
+    cand = np.flatnonzero(ok_rows(table))
     sub = table.select([COL.UID, COL.LANG]).take(pa.array(cand))
     langs = np.array(pc.fill_null(sub[COL.LANG], "und").to_pylist(), dtype=object)
-    keep = balance.lang_keep(langs, balance.uid_hash64(sub[COL.UID]), bc.lang_caps, bc.lang_shares, cfg.seed)
+    keep = balance.lang_keep(langs, balance.uid_hash64(sub[COL.UID]), bc.lang_caps, bc.lang_shares, seed)
     drop = np.zeros(table.num_rows, dtype=bool)
     drop[cand[~keep]] = True
-    return mark(table, drop, Status.BALANCED_OUT, "lang")
+    return set_status(table, drop, Status.BALANCED_OUT, "lang")
 
 
 # ---------------------------------------------------------------- shards and keys
@@ -160,14 +164,14 @@ def key_widths(n_kept: int, samples_per_shard: int) -> tuple[int, int]:
     return max(SHARD_DIGITS, len(str(n_shards - 1))), max(1, math.ceil(math.log10(samples_per_shard)))
 
 
-def assign_shards(table: pa.Table, cfg: RunConfig) -> pa.Table:
-    """Marks every ok row 'kept' and gives it COL.SHARD and COL.KEY: a seeded shuffle (or input order,
-    shards.shuffle false) cut into shards of exactly samples_per_shard rows (the last may be short)."""
-    sps = cfg.shards.samples_per_shard
-    cand = np.flatnonzero(_ok(table))
-    if cfg.shards.shuffle:
+def assign_shards(table: pa.Table, shards: ShardConfig, seed: int) -> pa.Table:
+    """Marks every ok row 'kept' and gives it COL.SHARD and COL.KEY: a shuffle seeded with `seed` (or input
+    order, shards.shuffle false) cut into shards of exactly samples_per_shard rows (the last may be short)."""
+    sps = shards.samples_per_shard
+    cand = np.flatnonzero(ok_rows(table))
+    if shards.shuffle:
         uid_h = balance.uid_hash64(table[COL.UID].take(pa.array(cand)))
-        h = balance.uniform(cfg.seed, uid_h, np.uint64(balance.str_hash64("shard")))
+        h = balance.uniform(seed, uid_h, np.uint64(balance.str_hash64("shard")))
         order = cand[np.lexsort((uid_h, h))]  # the uid hash breaks (astronomically rare) draw ties
     else:
         src = table[COL.SOURCE_FILE].take(pa.array(cand)).to_pylist()
@@ -186,7 +190,7 @@ def assign_shards(table: pa.Table, cfg: RunConfig) -> pa.Table:
     key_arr = _scatter(pa.nulls(table.num_rows, pa.string()), np.flatnonzero(has), keys)
     table = table.set_column(table.schema.get_field_index(COL.SHARD), COL.SHARD, shard_arr)
     table = table.set_column(table.schema.get_field_index(COL.KEY), COL.KEY, key_arr)
-    return mark(table, has, Status.KEPT)
+    return set_status(table, has, Status.KEPT)
 
 
 def _step_counts(table: pa.Table) -> dict:

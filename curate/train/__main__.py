@@ -34,6 +34,20 @@ def parse_args(argv=None) -> tuple[str | None, dict]:
     return ns.config, overrides
 
 
+def _ray_launch():
+    """pipelines.train_ray.launch (Ray lives in pipelines/, not in the library), or None after saying why."""
+    try:
+        from pipelines.train_ray import launch
+    except ModuleNotFoundError as e:
+        if e.name != "pipelines" and not (e.name or "").startswith("pipelines."):
+            raise
+        print("--ray runs training through pipelines/train_ray.py, which is not importable here "
+              f"({e}); run from the curate repository root or install curate with its pipelines package",
+              file=sys.stderr)
+        return None
+    return launch
+
+
 def main(argv=None) -> int:
     # our progress lines at INFO; libraries (open_clip logs each factory step at INFO) only from WARNING
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -45,7 +59,9 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if cfg.ray:
-        from curate.train.ray_launch import launch
+        launch = _ray_launch()
+        if launch is None:
+            return 2
         print(json.dumps(launch(cfg), default=str))
         return 0
     from curate.train.trainer import train

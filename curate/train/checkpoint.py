@@ -12,10 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
-STATE_FILE = "train_state.pt"
-META_FILE = "train_meta.json"  # written last: its presence marks a complete checkpoint
+from curate.checkpoint_files import CONFIG_FILE, META_FILE, STATE_FILE, WEIGHTS_FILE
 
 
 def step_dir(root: str | Path, step: int) -> Path:

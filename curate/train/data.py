@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -13,9 +12,10 @@ import braceexpand
 import torch
 from PIL import Image
 
-from curate import fsutil
+from curate import fsutil, tario
 from curate.config import ImageConfig
 from curate.imageproc import open_image
+from curate.layout import NAMES, RunLayout
 
 log = logging.getLogger("curate.train")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -30,7 +30,7 @@ def _read_json(path: str) -> dict | None:
 def _sizes_for(urls: list[str]) -> int | None:
     """Sample count of `urls` from the sizes.json beside them (open_clip_train's convention)."""
     folder = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
-    sizes = _read_json(fsutil.join(folder, "sizes.json"))
+    sizes = _read_json(fsutil.join(folder, NAMES.sizes))
     if sizes is None:
         return None
     names = [u.rsplit("/", 1)[-1] for u in urls]
@@ -49,16 +49,16 @@ def resolve_shards(spec: str) -> tuple[list[str], int | None]:
         urls = [u for part in spec.split("::") for u in braceexpand.braceexpand(part)]
         return urls, _sizes_for(urls)
     base = spec.rstrip("/")
-    for shard_dir in (fsutil.join(base, "shards"), base):
-        sizes = _read_json(fsutil.join(shard_dir, "sizes.json"))
+    for shard_dir in (RunLayout(base).shards, base):
+        sizes = _read_json(fsutil.join(shard_dir, NAMES.sizes))
         if sizes:
             names = sorted(sizes)
             return [fsutil.join(shard_dir, n.rsplit("/", 1)[-1]) for n in names], sum(map(int, sizes.values()))
-    manifest = _read_json(fsutil.join(base, "manifest.json"))
+    manifest = _read_json(RunLayout(base).manifest)
     if manifest and manifest.get("shards"):  # schemas/manifest.json: shards = [{name: 'shards/00000.tar', count}]
         shards = manifest["shards"]
         return [fsutil.join(base, s["name"]) for s in shards], sum(int(s["count"]) for s in shards)
-    for shard_dir in (fsutil.join(base, "shards"), base):
+    for shard_dir in (RunLayout(base).shards, base):
         fs, p = fsutil.get_fs(shard_dir)
         if fsutil.exists(fs, p):
             from pyarrow.fs import FileSelector
@@ -74,11 +74,9 @@ def iter_tar_samples(url: str, on_error: Callable[[str], None]) -> Iterator[dict
     fs, path = fsutil.get_fs(url)
     current: dict = {}
     try:
-        with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
+        with fs.open_input_stream(path) as stream:
+            for name, data in tario.iter_stream(stream):
+                folder, _, base = name.rpartition("/")
                 stem, _, ext = base.partition(".")  # webdataset's rule: the key ends at the first dot
                 if not stem or not ext:
                     continue
@@ -87,8 +85,8 @@ def iter_tar_samples(url: str, on_error: Callable[[str], None]) -> Iterator[dict
                     yield current
                     current = {}
                 current["__key__"] = key
-                current[ext.lower()] = tar.extractfile(member).read()
-    except (OSError, tarfile.TarError, EOFError) as e:  # truncated or unreadable shard: keep what was read
+                current[ext.lower()] = data
+    except tario.READ_ERRORS as e:  # truncated or unreadable shard: keep what was read
         on_error(f"shard {url}: {type(e).__name__}: {e}")
         current = {}  # the sample being read when the shard broke may be incomplete
     if current:

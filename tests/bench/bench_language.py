@@ -85,7 +85,7 @@ def stage_fn(det, unit: int):
 
 def load(backend: str, **kw):
     """Builds a detector and warms it on the labelled set (lingua loads each language's model lazily)."""
-    from curate.language import LanguageDetector
+    from curate.langid.detector import LanguageDetector
 
     warm = [json.loads(x)["text"] for x in DATA.read_text(encoding="utf-8").splitlines()]
     rss0 = rss_mb()
@@ -173,7 +173,7 @@ def short_eval(rows, drop: list[bool]) -> dict:
 
 def short_detect(backend: str, prior: float | None, texts: list[str]):
     """detect_full on a fresh detector (langdetect's prior set on the kept language when given); CPU seconds."""
-    from curate.language import LanguageDetector
+    from curate.langid.detector import LanguageDetector
 
     det = LanguageDetector(backend=backend, seed=0)
     if prior is not None:
@@ -247,7 +247,8 @@ def short_benchmark(per_length: int, skip_lingua: bool) -> dict:
 def stage_decisions(texts: list[str], gold: list[str], unit: int) -> dict:
     """The default decision keeping each language of the long labelled captions in turn: its recall there."""
     from curate.config import LanguageConfig
-    from curate.language import decide, get_detector
+    from curate.langid.detector import get_detector
+    from curate.language import decide
 
     det = get_detector(LanguageConfig())
     cleaned, langs, probs, mat = det.detect_full(texts)

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.config import InputConfig
-from curate.reader import MIN_UNIT_ROWS, load_plan, plan_units, read_unit, unit_rows
+from curate.inputs.plan import MIN_UNIT_ROWS, load_plan, plan_units, unit_rows
+from curate.inputs.rows import read_unit
 from curate.schema import COL
 
 

@@ -8,7 +8,7 @@ import tarfile
 import pyarrow.parquet as pq
 
 from curate.democorpus import CorpusServer
-from curate.reader import plan_units
+from curate.inputs.plan import plan_units
 from curate.schema import COL
 from curate.unit import process_unit
 from pipelines.select_write import phase_b_c

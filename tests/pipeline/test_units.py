@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from curate import stage_io
 from curate.config import load_config
 from curate.democorpus import CorpusServer, make_corpus
-from curate.reader import plan_units
+from curate.inputs.plan import plan_units
 from curate.schema import COL
 from curate.unit import process_unit, retry_unit
 

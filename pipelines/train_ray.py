@@ -1,4 +1,5 @@
-"""`--ray`: runs the same training function on Ray Train workers (Ray Train sets up the process group)."""
+"""`python -m curate.train --ray`: runs curate.train's training function on Ray Train workers (Ray Train sets up
+the process group)."""
 from __future__ import annotations
 
 import dataclasses
