@@ -60,6 +60,18 @@ class LanguageConfig:
 
 
 @dataclass(frozen=True)
+class OptOutConfig:
+    robots_txt: bool = True              # fetch /robots.txt once per origin per run; Disallow for our agents -> robots:robots_txt (4xx = allow, 5xx/timeout = disallow all, RFC 9309)
+    tdmrep: bool = True                  # fetch /.well-known/tdmrep.json once per origin per run; a TDM reservation -> robots:tdmrep
+    headers: bool = True                 # response headers: tdm-reservation/tdm-policy -> robots:tdm_header, Content-Usage train-ai=n -> robots:content_usage
+    embedded: bool = True                # metadata in the image bytes: C2PA training-mining notAllowed -> robots:c2pa, IPTC/XMP plus:DataMining prohibited -> robots:iptc
+    agents: tuple[str, ...] = ("CCBot",)  # robots.txt user-agent tokens honoured besides the token of download.user_agent
+    accepted_tdm_policies: tuple[str, ...] = ()  # tdm-policy URLs whose terms the user accepts: a reservation with one of them is not an opt-out
+    policy_timeout: float = 5.0          # seconds for one robots.txt / tdmrep.json fetch, redirects included
+    policy_max_bytes: int = 512_000      # bytes of a policy file read (RFC 9309: parse at least 500 KiB)
+
+
+@dataclass(frozen=True)
 class DownloadConfig:
     threads: int = 32                    # requests in flight per worker process
     timeout: float = 10.0                # seconds per connect / read
@@ -74,6 +86,7 @@ class DownloadConfig:
     allow_private_networks: bool = False  # lift the SSRF guard (tests, the demo)
     robots_disallow: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # X-Robots-Tag opt-outs -> robots
     retry_failed: bool = False           # rerun: refetch retryable failures in completed units
+    optout: OptOutConfig = field(default_factory=OptOutConfig)  # machine-readable opt-outs honoured per row (evidence in the ledger's optout_signals)
 
 
 @dataclass(frozen=True)
