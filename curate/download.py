@@ -15,6 +15,7 @@ import pyarrow as pa
 from curate.config import DownloadConfig, ImageConfig
 from curate.fetch import Fetcher, FetchResult
 from curate.imageproc import ImageResult, process_image
+from curate.optout.embedded import embedded_signals
 from curate.schema import COL, Status, ok_mask, set_column, set_status
 from curate.stage import StageStats
 
@@ -44,6 +45,7 @@ class RowResult:
     height: int | None = None
     image_format: str | None = None
     image: bytes | None = None
+    signals: tuple[str, ...] = ()     # opt-out evidence: the response's header signals, then the embedded ones
     # seconds spent on this row, for the unit's time breakdown (wall on its own thread; CPU of that thread)
     fetch_s: float = 0.0
     fetch_cpu_s: float = 0.0
@@ -70,7 +72,7 @@ def fetch_one(url: str, fetcher: Fetcher, img: ImageConfig, decoder: ThreadPoolE
     """
     w0, c0 = time.monotonic(), time.thread_time()
     fr: FetchResult = fetcher.fetch(url)
-    out = RowResult(fr.status, fr.detail, fr.message, fr.host, fr.http_status, fr.content_type)
+    out = RowResult(fr.status, fr.detail, fr.message, fr.host, fr.http_status, fr.content_type, signals=fr.signals)
     w1, c1 = time.monotonic(), time.thread_time()
     out.fetch_s, out.fetch_cpu_s = w1 - w0, c1 - c0
     if fr.status != Status.OK:
@@ -79,6 +81,12 @@ def fetch_one(url: str, fetcher: Fetcher, img: ImageConfig, decoder: ThreadPoolE
     out.num_bytes = len(body)
     out.sha256 = hashlib.sha256(body).hexdigest()
     out.sha256_cpu_s = time.thread_time() - c1
+    if fetcher.dl.optout.embedded:  # the original bytes: decode may strip their metadata (image.skip_reencode)
+        found, decided, why = embedded_signals(body)
+        out.signals += found
+        if decided:
+            out.status, out.detail, out.message = Status.ROBOTS, decided, why
+            return out
     ir, out.decode_s, out.decode_cpu_s = (decoder.submit(_timed_process, body, img).result() if decoder
                                           else _timed_process(body, img))
     out.status, out.detail, out.message = ir.status, ir.detail, ir.message
@@ -128,8 +136,20 @@ def _run(urls: list, todo: list[int], fetcher: Fetcher, dl: DownloadConfig, img:
     return results
 
 
+def _append_signals(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
+    """Appends each fetched row's opt-out evidence to optout_signals, after what the opt-out stage wrote
+    (the column starts as empty lists when that stage did not run)."""
+    n = table.num_rows
+    old = table[COL.OPTOUT_SIGNALS].to_pylist() if COL.OPTOUT_SIGNALS in table.column_names else [[] for _ in range(n)]
+    for i, r in results.items():
+        if r.signals:
+            old[i] = [*(old[i] or ()), *r.signals]
+    return set_column(table, COL.OPTOUT_SIGNALS, old)
+
+
 def _write_columns(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
-    """Sets the per-row output columns (rows not fetched keep what they had) and the statuses."""
+    """Sets the per-row output columns (rows not fetched keep what they had), the opt-out evidence and the statuses."""
+    table = _append_signals(table, results)
     n = table.num_rows
     for col, typ in _OUT_TYPES.items():
         old = table[col].to_pylist() if col in table.column_names else [None] * n
@@ -175,8 +195,9 @@ def download_stage(table: pa.Table, dl: DownloadConfig, img: ImageConfig,
     """Fetches and processes every row whose status is ok; returns (table, stats as a dict).
 
     Sets http_status, content_type, num_bytes, sha256 (of the original bytes), orig_width/height,
-    width/height, image_format and the transient image column (bytes, null unless ok); failed rows get
-    status robots / invalid_url / download_error:<detail> / decode_error:<detail> / too_small /
+    width/height, image_format and the transient image column (bytes, null unless ok), and appends the opt-out
+    evidence of the response headers and image metadata to optout_signals; failed rows get
+    status robots:<signal> / invalid_url / download_error:<detail> / decode_error:<detail> / too_small /
     bad_aspect. Other rows pass through unchanged; row count and order never change.
     Wall time is bounded: each fetch by dl.deadline (+ one dl.timeout), each decode by img.max_pixels.
     """

@@ -20,6 +20,8 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from urllib3.util import connection as u3conn
 
 from curate.config import DownloadConfig
+from curate.optout.signals import HeaderChecks, header_signals
+from curate.optout.signals import robots_disallowed  # noqa: F401 - its home was here: callers import it from fetch
 from curate.schema import Status
 from curate.urls import InvalidURL, normalize_url
 
@@ -30,10 +32,10 @@ READ_CHUNK = 256 * 1024    # bytes per read: large enough to keep per-read overh
 ERROR_BODY_DRAIN = 64 * 1024  # bytes: error bodies up to this size are read (undecoded) so the connection can be reused
 MAX_INTERIM_RESPONSES = 8  # 1xx responses before the real one: http.client would read them forever
 MAX_TRAILER_LINES = 64     # chunked trailer lines: http.client would read them forever
+HOST_DELAYS_MAX = 100_000  # per-host Crawl-delays kept per Fetcher: past this the map restarts empty
 WATCHDOG_IDLE_EXIT = 5.0   # seconds without fetches after which a Fetcher's watchdog thread ends
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _REFUSED_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "application/javascript")
-_SKIP_ROBOT_KEYS = frozenset({"unavailable_after"})  # directives with a colon that are not agent names
 
 
 class BlockedAddress(Exception):
@@ -55,6 +57,7 @@ class FetchResult:
     content_type: str | None = None
     url: str | None = None            # final URL after redirects
     host: str | None = None           # host of the requested URL, for per-domain stats
+    signals: tuple[str, ...] = ()     # opt-out evidence from the final 2xx response's headers, "<signal>:<outcome>"
 
 
 # Not caught by ipaddress.is_global (Python 3.11): 192.0.0.0/24 is the IETF protocol block (192.0.0.9 and
@@ -295,16 +298,25 @@ class HostLimiter:
         self._cond = threading.Condition()
         self._in_flight: dict[str, int] = {}
         self._next_start: dict[str, float] = {}   # token bucket as "earliest next start" (burst of 1)
+        self.delays: dict[str, float] = {}        # host -> robots.txt Crawl-delay seconds (used when stricter)
+
+    def set_delays(self, delays: dict[str, float]) -> None:
+        """Adds per-host minimum intervals between request starts (robots.txt Crawl-delay, seconds)."""
+        with self._cond:
+            if len(self.delays) + len(delays) > HOST_DELAYS_MAX:  # bounded: a long run sees millions of hosts
+                self.delays = {}
+            self.delays.update(delays)
 
     @contextmanager
-    def slot(self, host: str):
-        """Holds one of the host's request slots for the duration of the with-block."""
+    def slot(self, host: str, deadline: float = math.inf):
+        """Holds one of the host's request slots for the duration of the with-block; raises TimeoutError when
+        the host's rate would start the request after `deadline` (waiting for it would only end in a timeout)."""
         with self._cond:
             while self._in_flight.get(host, 0) >= self.concurrency:
                 self._cond.wait()
             self._in_flight[host] = self._in_flight.get(host, 0) + 1
         try:
-            self._wait_rate(host)
+            self._wait_rate(host, deadline)
             yield
         finally:
             with self._cond:
@@ -315,37 +327,20 @@ class HostLimiter:
                     del self._in_flight[host]
                 self._cond.notify_all()
 
-    def _wait_rate(self, host: str) -> None:
-        if self.rps <= 0:
+    def _wait_rate(self, host: str, deadline: float) -> None:
+        interval = max(1.0 / self.rps if self.rps > 0 else 0.0, self.delays.get(host, 0.0))
+        if interval <= 0:
             return
         with self._cond:
             now = time.monotonic()
             start = max(now, self._next_start.get(host, now))
-            self._next_start[host] = start + 1.0 / self.rps
+            if start >= deadline:  # no reservation taken: the rows after this one are not pushed back for nothing
+                raise TimeoutError(f"{host}: next request start allowed in {start - now:.1f} s, after the deadline")
+            self._next_start[host] = start + interval
             if len(self._next_start) > 10_000:  # forget hosts whose reservation is in the past
                 self._next_start = {h: t for h, t in self._next_start.items() if t > now}
         if start > now:
             time.sleep(start - now)
-
-
-def robots_disallowed(values: list[str], disallow: tuple[str, ...], agent_token: str) -> bool:
-    """True when an X-Robots-Tag value opts out for everyone or for our agent token.
-
-    `noai` and `curate: noai` apply to us; `otherbot: noai` does not (as search engines read it).
-    """
-    disallow_set = {d.lower() for d in disallow}
-    for value in values:
-        agent = None
-        for part in value.split(","):
-            part = part.strip().lower()
-            if ":" in part:
-                head, rest = (s.strip() for s in part.split(":", 1))
-                if head in _SKIP_ROBOT_KEYS:
-                    continue
-                agent, part = head, rest
-            if part in disallow_set and agent in (None, "*", agent_token):
-                return True
-    return False
 
 
 def _retry_after(headers, cap: float) -> float | None:
@@ -367,12 +362,15 @@ def _retry_after(headers, cap: float) -> float | None:
 class Fetcher:
     """Thread-safe HTTP fetcher for one worker process; share one instance between the worker's threads."""
 
-    def __init__(self, dl: DownloadConfig, address_allowed=None):
+    def __init__(self, dl: DownloadConfig, address_allowed=None, host_delays: dict[str, float] | None = None):
         self.dl = dl
         allowed = address_allowed or (any_address if dl.allow_private_networks else is_public_address)
         self.resolver = Resolver(allowed)
         self.limiter = HostLimiter(dl.per_domain_concurrency, dl.per_domain_rps)
+        self.limiter.set_delays(host_delays or {})
         self.agent_token = dl.user_agent.split("/", 1)[0].strip().lower()
+        self.checks = HeaderChecks(dl.robots_disallow, self.agent_token, dl.optout.headers,
+                                   dl.optout.accepted_tdm_policies)
         self.watchdog = Watchdog()
         self.pool = urllib3.PoolManager(
             num_pools=512, maxsize=max(dl.per_domain_concurrency, 1), block=False, retries=False,
@@ -385,6 +383,11 @@ class Fetcher:
 
     def close(self) -> None:
         self.pool.clear()
+
+    def set_host_delays(self, delays: dict[str, float]) -> None:
+        """Honours robots.txt Crawl-delay: {host: seconds} between request starts to that host, per process,
+        where stricter than per_domain_rps (curate.optout.hosts.HostPolicies.host_delays builds the map)."""
+        self.limiter.set_delays(delays)
 
     # -------------------------------------------------------------- public entry
 
@@ -412,7 +415,7 @@ class Fetcher:
     def _fetch_mapped(self, url: str, host: str | None, deadline: float) -> FetchResult:
         """_follow with every network failure mapped to a download_error detail."""
         try:
-            with self.limiter.slot(host or ""):  # the whole transfer (hops, retries, body) holds the host slot
+            with self.limiter.slot(host or "", deadline):  # the whole transfer (hops, retries, body) holds the host slot
                 return self._follow(url, deadline)
         except BlockedAddress as e:
             return FetchResult(Status.DOWNLOAD_ERROR, "blocked_address", str(e))
@@ -486,17 +489,17 @@ class Fetcher:
         return True
 
     def _finish(self, resp, url: str, deadline: float) -> FetchResult:
-        """Turns the final response into a result: status checks, opt-out, type, then the capped body."""
+        """Turns the final response into a result: status checks, header opt-outs (checked on the final 2xx
+        response only), type, then the capped body."""
         ctype = resp.headers.get("Content-Type")
         base = dict(http_status=resp.status, content_type=ctype, url=url)
         if not 200 <= resp.status < 300:
             self._discard(resp)
             return FetchResult(Status.DOWNLOAD_ERROR, f"http_{resp.status}", resp.reason, **base)
-        if self.dl.robots_disallow and robots_disallowed(resp.headers.getlist("X-Robots-Tag"),
-                                                         self.dl.robots_disallow, self.agent_token):
+        base["signals"], decided, why = header_signals(resp.headers, self.checks)
+        if decided:  # an opt-out: the body is not read
             self._discard(resp)
-            return FetchResult(Status.ROBOTS, None, "X-Robots-Tag: " + ", ".join(resp.headers.getlist("X-Robots-Tag")),
-                               **base)
+            return FetchResult(Status.ROBOTS, decided, why, **base)
         if ctype and ctype.strip().lower().startswith(_REFUSED_TYPES):
             self._discard(resp)
             return FetchResult(Status.DOWNLOAD_ERROR, "content_type", f"not an image: {ctype}", **base)

@@ -24,6 +24,7 @@ class Names:
     timings: str                     # inside stage/
     input: str
     plan: str                        # inside input/
+    optout_hosts: str                # inside stage/ (the opt-out pre-pass) and metadata/ (its copy)
     part: str                        # "part-{name}.parquet": one file per shard (samples) or unit (ledger)
     unit_digits: int                 # unit names are zero-padded to this width
     shard_files: dict[str, str]      # kind -> suffix of each shard's files (ShardPaths)
@@ -146,6 +147,16 @@ class RunLayout:
     @property
     def plan(self) -> str:
         return self._join(NAMES.input, NAMES.plan)
+
+    @property
+    def stage_optout_hosts(self) -> str:
+        """stage/optout_hosts.parquet: the run's host policies, fetched by the driver before phase A."""
+        return self._join(NAMES.stage, NAMES.optout_hosts)
+
+    @property
+    def optout_hosts(self) -> str:
+        """metadata/optout_hosts.parquet: phase C's copy of the host policies, for audits."""
+        return self._join(NAMES.metadata, NAMES.optout_hosts)
 
     def shard(self, name: str) -> ShardPaths:
         """shards/NAME.tar, shards/NAME.parquet, shards/NAME_stats.json."""

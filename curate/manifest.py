@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from curate import fsutil
 from curate.config import RunConfig, config_hash, to_dict
 from curate.layout import NAMES, RunLayout
+from curate.optout.evidence import optout_summary
 from curate.schema import COL, Status
 
 
@@ -31,7 +32,15 @@ def build_manifest(ledger: pa.Table, cfg: RunConfig, inputs: list[dict], shards:
     return {"curate_version": _version(), "created": _created(), "config": to_dict(cfg),
             "config_hash": config_hash(cfg), "inputs": list(inputs), "total_rows": total, "counts": counts,
             "reasons": reasons, "written_samples": written, "shards": shards, "layout": NAMES.manifest_layout(),
-            "shard_mix": {k: mix[k] for k in ("max_lang_deviation", "max_concept_deviation")}}
+            "shard_mix": {k: mix[k] for k in ("max_lang_deviation", "max_concept_deviation")},
+            "optout": optout_summary(ledger, cfg, _optout_hosts(cfg.output))}
+
+
+def _optout_hosts(output: str) -> pa.Table | None:
+    """The run's published host-policy table (metadata/optout_hosts.parquet); None when there is none."""
+    from curate.optout.stage import read_hosts
+
+    return read_hosts(RunLayout(output).optout_hosts) if output else None
 
 
 def write_manifest(output: str, manifest: dict) -> None:

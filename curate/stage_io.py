@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curate import fsutil, tario
-from curate.layout import NAMES, RunLayout, unit_name  # unit_name: re-exported for the input planner
+from curate.layout import NAMES, RunLayout, unit_name
 from curate.schema import COL, conform, ledger_schema
 from curate.tario import tar_bytes  # the one tar writer (stage and shard tars)
 

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from curate import stage_io
 from curate.config import ClipConfig, LanguageConfig, RunConfig, TextConfig
 from curate.inputs.prefetch import PrefetchStage
+from curate.layout import RunLayout
 from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, ok_rows, set_column
 from curate.stage import Stage, StageStats, UnitStats, run_stages
 from curate.timing import Phases
@@ -19,14 +20,17 @@ from curate.timing import Phases
 def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: bool = False) -> list[Stage]:
     """Phase A's recipe, in order (the statuses each stage sets; a row keeps its first reason):
     text rules (caption_rule) -> prefetch urls (duplicate_url) -> language (lang) -> prefetch hashes
-    (duplicate_prefetch) -> download (robots, invalid_url, download_error, decode_error, too_small,
-    bad_aspect) -> hashing (dedup on) -> scoring (score=True: the unit's scores file).
+    (duplicate_prefetch) -> opt-out policies (robots:robots_txt, robots:tdmrep) -> download (robots,
+    invalid_url, download_error, decode_error, too_small, bad_aspect) -> hashing (dedup on) -> scoring
+    (score=True: the unit's scores file).
     A retry refetches: download and hashing only."""
     from curate.dedup.hashing import HashingStage  # heavy imports stay inside the worker
     from curate.download import DownloadStage
+    from curate.optout.stage import OptOutStage
 
     stages: list[Stage] = [] if retry else [TextRulesStage(cfg.text), PrefetchStage.urls(cfg.text),
-                                            LanguageStage(cfg.language), PrefetchStage.hashes(cfg.dedup)]
+                                            LanguageStage(cfg.language), PrefetchStage.hashes(cfg.dedup),
+                                            OptOutStage(cfg.download, RunLayout(cfg.output).stage_optout_hosts)]
     stages.append(DownloadStage(cfg.download, cfg.image))
     if cfg.dedup.enabled:
         stages.append(HashingStage(cfg.dedup))

@@ -1,7 +1,8 @@
 """Entry point `python -m pipelines.build_shards`: the whole run on Ray, locally or on a cluster, resumable.
 
-Phase A (per unit, parallel): read rows -> text + language prefilter -> download/decode/resize -> hashes
--> stage/<unit>.{tar,parquet}; then CLIP scoring over completed units (Ray Data actor pool).
+Before phase A, the opt-out pre-pass (pipelines/optout_hosts.py): robots.txt and tdmrep.json once per origin.
+Phase A (per unit, parallel): read rows -> text + language prefilter -> opt-out policies -> download/decode/resize
+-> hashes -> stage/<unit>.{tar,parquet}; then CLIP scoring over completed units (Ray Data actor pool).
 Phase B (metadata only): dedup clusters, CLIP threshold, balancing, shard assignment.
 Phase C: shards, metadata, manifest, report.
 """
@@ -215,6 +216,7 @@ def phase_scoring(cfg: RunConfig, units: list) -> None:
 def run(cfg: RunConfig) -> dict:
     """Runs (or resumes) the whole job; returns the manifest."""
     from curate.inputs.plan import plan_units
+    from pipelines.optout_hosts import optout_prepass, publish_hosts, warn_if_all_off
     from pipelines.select_write import phase_b_c
 
     if not cfg.output:
@@ -222,6 +224,7 @@ def run(cfg: RunConfig) -> dict:
     if not cfg.input.paths:
         raise RunError("no input given: pass --input FILE|DIR|GLOB (or input.paths in the config)")
     cfg = normalised(cfg)
+    warn_if_all_off(cfg)  # said at start; the manifest's optout entry records it too
     times = RunTimes()  # the breakdown of where the time goes: stage/timings.json
     t0 = time.time()
     with times.run("check_dependencies"):
@@ -231,10 +234,13 @@ def run(cfg: RunConfig) -> dict:
             ray_up.enter_context(ray_session(cfg))
         with times.run("plan"):
             units = plan_units(cfg.input, cfg.output, cpus=cluster_cpus())
+        with times.run("optout_hosts"):
+            optout_prepass(cfg, units)  # robots.txt and tdmrep.json per origin, before any image request
         with times.run("phase_a"):
             phase_a(cfg, units, times)
         with times.run("scoring_pass"):
             phase_scoring(cfg, units)
+        publish_hosts(cfg)  # metadata/optout_hosts.parquet, which the manifest counts
         manifest = phase_b_c(cfg, units, times.run)
         with times.run("ray_teardown"):
             ray_up.close()

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 from curate.config import load_config
 from curate.democorpus import CorpusServer, make_corpus
+from curate.layout import RunLayout
 from curate.schema import COL, Status
 
 ASSETS = Path(__file__).resolve().parent / "demo_assets"
@@ -40,7 +41,7 @@ def write_url_list(out: Path, rows) -> Path:
 def clip_rates(output: Path, rows) -> dict:
     """Shares of matched / mismatched captions dropped as low_clip_score, among the rows that reached the
     CLIP filter (rows dropped earlier, e.g. as near-duplicates of a better-captioned copy, never met it)."""
-    ledger = pq.read_table(output / "metadata" / "ledger").sort_by(COL.ROW_INDEX).to_pylist()
+    ledger = pq.read_table(RunLayout(str(output)).ledger).sort_by(COL.ROW_INDEX).to_pylist()
     stats = {"match": [0, 0], "mismatch": [0, 0]}  # [reached the filter, dropped low_clip_score]
     reached = (Status.KEPT, Status.LOW_CLIP_SCORE, Status.BALANCED_OUT)
     for r, row in zip(rows, ledger):

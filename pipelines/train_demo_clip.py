@@ -20,6 +20,7 @@ import pyarrow as pa
 from curate import synth
 from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 from curate.democorpus import _caption, _other  # the demo's own caption wording
+from curate.layout import RunLayout
 from curate.tario import tar_bytes
 
 OUT = Path(__file__).resolve().parent / "demo_assets" / "clip_demo"
@@ -46,9 +47,10 @@ def _pairs(n: int, seed: int, size: int):
 
 
 def write_shards(folder: Path, n: int, seed: int, size: int, per_shard: int = 1000) -> Path:
-    """Webdataset shards (KEY.jpg/.txt/.json, img2dataset-style keys) + sizes.json under folder/shards."""
-    shard_dir = folder / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    """Webdataset shards (KEY.jpg/.txt/.json, img2dataset-style keys) + sizes.json under folder/shards, named
+    as a run output names them (RunLayout), so that curate.train reads the folder as a run output."""
+    layout = RunLayout(str(folder))
+    Path(layout.shards).mkdir(parents=True, exist_ok=True)
     samples = list(_pairs(n, seed, size))
     sizes = {}
     for s in range(0, n, per_shard):
@@ -57,10 +59,10 @@ def write_shards(folder: Path, n: int, seed: int, size: int, per_shard: int = 10
             key = f"{s // per_shard:05d}{i:04d}"
             members += [(f"{key}.jpg", _jpeg(img)), (f"{key}.txt", cap.encode()),
                         (f"{key}.json", json.dumps({"label": label}).encode())]
-        name = f"{s // per_shard:05d}.tar"
-        (shard_dir / name).write_bytes(tar_bytes(members))
-        sizes[name] = len(members) // 3
-    (shard_dir / "sizes.json").write_text(json.dumps(sizes))
+        tar = Path(layout.shard(f"{s // per_shard:05d}").tar)
+        tar.write_bytes(tar_bytes(members))
+        sizes[tar.name] = len(members) // 3
+    Path(layout.sizes).write_text(json.dumps(sizes))
     return folder
 
 
@@ -112,6 +114,7 @@ def main(argv=None) -> int:
         print(json.dumps(meta, indent=1))
         return 0
     from curate.train import TrainConfig
+    from curate.train.checkpoint import list_checkpoints
     from curate.train.trainer import train
 
     work = Path(tempfile.mkdtemp(prefix="curate-demo-clip-"))
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
                           zeroshot_data=str(work / "heldout"), zeroshot_classes=tuple(synth.class_names()),
                           zeroshot_templates=tuple(synth.prompt_templates()))
         summary = train(cfg)
-        final = Path(summary["checkpoint"]) if "checkpoint" in summary else sorted((work / "out" / "checkpoints").iterdir())[-1]
+        final = Path(summary["checkpoint"]) if "checkpoint" in summary else list_checkpoints(cfg.output)[-1]
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(final / CONFIG_FILE, out / CONFIG_FILE)

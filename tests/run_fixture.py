@@ -14,6 +14,7 @@ from PIL import Image
 
 from curate import stage_io
 from curate.config import RunConfig, ClipConfig, config_hash, dump_yaml, to_dict
+from curate.optout.evidence import optout_summary
 from curate.schema import COL, Status, conform, reason
 
 UNIT_SIZE = 20  # rows per work unit in the fixture
@@ -60,6 +61,7 @@ _ROWS = [
 _REPS = {"dupA": 15, "dupB": 18}  # cluster name -> row index of its representative
 # statuses whose rows were downloaded and decoded, so they have an image in stage/<unit>.tar
 _HAS_IMAGE = {Status.KEPT, Status.DUPLICATE, Status.EVAL_OVERLAP, Status.LOW_CLIP_SCORE, Status.BALANCED_OUT}
+_REACHED_OPTOUT = _HAS_IMAGE | {Status.DOWNLOAD_ERROR, Status.DECODE_ERROR, Status.TOO_SMALL, Status.BAD_ASPECT}
 _CAPTIONS = {"en": "a photo of a {c} on the grass", "de": "ein Foto von einem {c} im Garten",
              "fr": "une photo d'un {c} dans le jardin", "ru": "фотография {c}", "und": "x"}
 
@@ -84,6 +86,13 @@ def _jpeg(i: int, size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
+def _signals(status: str) -> list[str] | None:
+    """optout_signals: rows that reached the opt-out stage passed robots.txt and TDMRep; the robots row did not."""
+    if status == Status.ROBOTS:
+        return ["robots_txt:disallow"]
+    return ["robots_txt:allow", "tdmrep:allow"] if status in _REACHED_OPTOUT else None
+
+
 def _row(i: int, spec, clip_scores: bool, concepts: bool) -> dict:
     status, detail, lang, domain, score, conc = spec
     concept = (conc or ["thing"])[0]
@@ -102,7 +111,7 @@ def _row(i: int, spec, clip_scores: bool, concepts: bool) -> dict:
         COL.WIDTH: 64 if has_image else None, COL.HEIGHT: 48 if has_image else None,
         COL.IMAGE_FORMAT: "jpg" if has_image else None,
         COL.CLIP_SCORE: score if clip_scores else None,
-        COL.CONCEPTS: conc if concepts else None,
+        COL.CONCEPTS: conc if concepts else None, COL.OPTOUT_SIGNALS: _signals(status),
         "_detail": detail, "_has_image": has_image,
     }
 
@@ -176,6 +185,7 @@ def _manifest(cfg: RunConfig, ledger: pa.Table, shards: list[dict], selection: d
         "config_hash": config_hash(cfg), "inputs": [{"path": "urls.parquet", "rows": ledger.num_rows}],
         "total_rows": ledger.num_rows, "counts": dict(Counter(statuses)), "reasons": dict(reasons),
         "written_samples": statuses.count(Status.KEPT), "shards": shards,
+        "optout": optout_summary(ledger, cfg, None),
         "layout": {"shards": "shards", "samples": "metadata/samples", "ledger": "metadata/ledger",
                    "stage": "stage", "report": "report.html"},
     }

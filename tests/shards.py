@@ -1,4 +1,6 @@
-"""Webdataset shards as the pipeline's writer lays them out (KEY.jpg, KEY.txt, KEY.json, sizes.json), for tests and benchmarks."""
+"""Webdataset shards as the pipeline's writer lays them out, for tests and benchmarks.
+
+KEY.jpg, KEY.txt, KEY.json per sample and sizes.json per folder."""
 from __future__ import annotations
 
 import json

@@ -11,9 +11,9 @@ from curate import capped
 CSV_CASES = [  # "|" stands for the delimiter
     b'url|caption\nhttp://a/1|plain\nhttp://a/2|"quoted, comma"\n',
     b'url|caption\r\nhttp://a/1|"two\nlines"\r\nhttp://a/2|"say ""hi"""\r\n',
-    b'url|caption\rhttp://a/1|cr only\rhttp://a/2|x\r',
+    b"url|caption\rhttp://a/1|cr only\rhttp://a/2|x\r",
     b'url|caption\n\nhttp://a/1|after blank\n\n\nhttp://a/2|\nhttp://a/3|"" \n',
-    b'url|caption\nhttp://a/1|no final newline',
+    b"url|caption\nhttp://a/1|no final newline",
     b'url|caption\nhttp://a/1|5" screen\nhttp://a/2|caf\xc3\xa9\n',
 ]
 
@@ -57,7 +57,7 @@ def test_lines_hand_over_oversized_lines(monkeypatch):
 @pytest.mark.parametrize("chunk", [3, 1 << 20])
 def test_capped_json_line_cuts_strings_and_keeps_the_rest(monkeypatch, chunk):
     monkeypatch.setattr(capped, "CHUNK", chunk)
-    obj = {"caption": "a\"b\\c\n\u00e9" * 100, "url": "http://a/1", "n": [1.5, {"k": "\U0001F600"}], "t": True}
+    obj = {"caption": 'a"b\\c\n\u00e9' * 100, "url": "http://a/1", "n": [1.5, {"k": "\U0001F600"}], "t": True}
     line = json.dumps(obj).encode() + b"\n" + b'{"next": 1}\n'
     stream = capped._Stream(io.BytesIO(line))
     got = json.loads(capped.capped_json_line(stream, keep=20, bound=1000))

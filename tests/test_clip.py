@@ -1,4 +1,6 @@
-"""CLIP scoring: loading (names, config JSON, weights, checkpoint dirs, clear errors), parity with open_clip, Ray pass."""
+"""CLIP scoring: loading (names, config JSON, weights, checkpoint dirs, clear errors), parity, Ray pass.
+
+Parity is with open_clip's own encoders."""
 from __future__ import annotations
 
 import io

@@ -346,6 +346,24 @@ def test_real_photos_and_low_detail_images_keep_the_distance_rule():
     assert scores["without_copy_dropped"] <= 0.02 and scores["pairwise_precision"] >= 0.95
 
 
+
+def test_benchmark_options_replay_the_default_rule_by_brute_force():
+    # the rule options in dedup.json (pool_quality.options) are scored by tests/bench/dedup_options.py's brute-force
+    # greedy; on real generated images it must drop exactly the rows find_duplicates drops, under the same leaders
+    from tests.bench.bench_dedup import _pool_meta
+    from tests.bench.dedup_options import default_rule, greedy, order
+    from tests.bench.dedup_pool import make_pool
+
+    pool = make_pool(300, seed=5)
+    meta = _pool_meta(pool)
+    uid = meta["uid"].to_pylist()
+    leader = greedy(default_rule(meta), order(pool))
+    replayed = {uid[i]: uid[leader[i]] for i in range(len(uid)) if leader[i] != i}
+    drops = find_duplicates(meta.rename_columns([COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE,
+                                                 COL.WIDTH, COL.HEIGHT]), DedupConfig(exact_sha256=False))
+    assert {r[COL.UID]: r[COL.REASON].rsplit(":", 1)[1] for r in drops.to_pylist()} == replayed
+    assert len(replayed) > 20
+
 def test_near_pairs_equal_brute_force_pairs():
     rng = np.random.default_rng(7)
     for k in (0, 3, 8, 12):

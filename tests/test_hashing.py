@@ -28,7 +28,8 @@ def _images() -> list[Image.Image]:
         photo = Image.fromarray(getattr(skimage.data, name)())
         out += [photo.resize((s, max(1, photo.height * s // photo.width))) for s in (256, 173, 40)]
     # uniform images: every AC coefficient ties at the median, so float noise decides the bits
-    out += [Image.new("RGB", (90, 70), (5, 5, 5)), Image.new("L", (64, 64), 200), Image.new("RGBA", (33, 41), (1, 2, 3, 4)),
+    out += [Image.new("RGB", (90, 70), (5, 5, 5)), Image.new("L", (64, 64), 200),
+            Image.new("RGBA", (33, 41), (1, 2, 3, 4)),
             Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)), Image.new("P", (20, 20), 3)]
     return out
 

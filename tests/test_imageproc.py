@@ -160,7 +160,7 @@ def _modes() -> list[Image.Image]:
     rgba = Image.fromarray(np.dstack([fs.gradient(97, 61, 1), fs.gradient(97, 61, 2)[..., :1]]), "RGBA")
     pal = rgba.convert("RGB").convert("P")
     pal.info["transparency"] = 3
-    floats = Image.fromarray((fs.gradient(97, 61, 3)[..., 0].astype(np.float32) * 3.5))  # F, max > 255
+    floats = Image.fromarray(fs.gradient(97, 61, 3)[..., 0].astype(np.float32) * 3.5)  # F, max > 255
     return [rgba, rgba.convert("LA"), pal, floats, floats.convert("I"), Image.open(io.BytesIO(fs.png16())),
             rgba.convert("CMYK"), rgba.convert("L"), rgba.convert("1")]
 

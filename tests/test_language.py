@@ -266,9 +266,9 @@ def test_argmax_decision_is_the_old_behaviour():
 
 
 @pytest.mark.parametrize("text", ["Eine rote Katze auf dem Sofa", "Katze auf dem Sofa", "Schwarzer Hund",
-                                  "chaton blanc sur le canapé", "perro negro en la calle", "gattino bianco", "zwarte kat",
-                                  "svart katt på soffan", "czerwony samochód", "pisică neagră", "musta kissa",
-                                  "siyah köpek", "kucing hitam", "Kätzchen"])
+                                  "chaton blanc sur le canapé", "perro negro en la calle", "gattino bianco",
+                                  "zwarte kat", "svart katt på soffan", "czerwony samochód", "pisică neagră",
+                                  "musta kissa", "siyah köpek", "kucing hitam", "Kätzchen"])
 def test_short_captions_in_other_languages_are_still_rejected(text):
     _, reasons = _decide([text])
     assert reasons == ["lang"], text

@@ -17,7 +17,7 @@ from curate.report.stats import Histogram as _Hist
 from curate.schema import Status
 from tests.run_fixture import THRESHOLD, make_run
 
-SECTIONS = ("funnel", "clip", "languages", "captions", "sizes", "concepts", "duplicates")
+SECTIONS = ("funnel", "optout", "clip", "languages", "captions", "sizes", "concepts", "duplicates")
 
 
 class _Report(HTMLParser):

@@ -122,7 +122,7 @@ def test_concepts_filled_and_balanced():
     kept_gold = sum(s == Status.KEPT and "goldfish" in cap for s, cap in zip(st, caps))
     assert abs(kept_gold - 150) < 5 * np.sqrt(150)
     assert stats["concepts"]["top"]["goldfish"] > 2000
-    assert set(r for r in final[COL.REASON].to_pylist() if r and r.startswith("balanced")) == {
+    assert {r for r in final[COL.REASON].to_pylist() if r and r.startswith("balanced")} == {
         "balanced_out:concept"}
 
 

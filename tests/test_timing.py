@@ -33,8 +33,8 @@ def test_phases_sum_repeated_blocks_in_first_run_order():
 def test_tree_cpu_counts_a_child_and_keeps_it_after_the_child_exits():
     clock = TreeCpu()
     before = clock()
-    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\n"
-                              "while time.process_time() - t < 0.5: pass\nimport sys; sys.stdin.read()"],
+    code = "import time\nt=time.process_time()\nwhile time.process_time() - t < 0.5: pass\nimport sys; sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code],
                              stdin=subprocess.PIPE)
     try:
         seen = before

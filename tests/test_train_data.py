@@ -65,7 +65,7 @@ def _tf(img):
 
 def _tok(texts):
     # encodes each caption by its text, so that tests can see which sample is which
-    return [t for t in texts]
+    return list(texts)
 
 
 def _spec(urls, **kw) -> StreamSpec:

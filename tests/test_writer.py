@@ -133,7 +133,7 @@ def test_webdataset_reads_every_sample(run):
     samples = pq.read_table(Path(out, "metadata", "samples")).to_pylist()
     by_key = {r[COL.KEY]: r for r in samples}
     n = len(manifest["shards"])
-    url = str(Path(out, "shards")) + "/{00000..%05d}.tar" % (n - 1)
+    url = str(Path(out, "shards")) + f"/{{00000..{n - 1:05d}}}.tar"
     seen = 0
     for s in wds.WebDataset(url, shardshuffle=False):
         row = by_key[s["__key__"]]
@@ -168,7 +168,8 @@ def test_duckdb_counts_agree_with_manifest(run):
     rows = con.execute(f"select status, count(*) from read_parquet('{out}/metadata/ledger/*.parquet') "
                        "group by status").fetchall()
     assert dict(rows) == manifest["counts"]
-    n_uid = con.execute(f"select count(distinct uid) from read_parquet('{out}/metadata/ledger/*.parquet')").fetchone()[0]
+    ledger = f"{out}/metadata/ledger/*.parquet"
+    n_uid = con.execute(f"select count(distinct uid) from read_parquet('{ledger}')").fetchone()[0]
     assert n_uid == manifest["total_rows"]
     ledger_parts = sorted(os.listdir(Path(out, "metadata", "ledger")))
     assert ledger_parts == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]

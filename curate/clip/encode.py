@@ -9,10 +9,10 @@ import torch
 def _plain_blocks(transformer) -> bool:
     """True for open_clip's default Transformer: batch-first ResidualAttentionBlocks over nn.MultiheadAttention,
     the only layout whose last block _last_block_rows reproduces."""
-    T = open_clip.transformer
+    tf = open_clip.transformer
     blocks = getattr(transformer, "resblocks", None)
-    return (type(transformer) is T.Transformer and getattr(transformer, "batch_first", False) and bool(blocks)
-            and all(type(r) is T.ResidualAttentionBlock and not hasattr(r, "ln_1_kv")
+    return (type(transformer) is tf.Transformer and getattr(transformer, "batch_first", False) and bool(blocks)
+            and all(type(r) is tf.ResidualAttentionBlock and not hasattr(r, "ln_1_kv")
                     and type(r.attn) is torch.nn.MultiheadAttention and r.attn.batch_first for r in blocks))
 
 

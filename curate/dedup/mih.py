@@ -225,7 +225,7 @@ def near_pairs(uniq: np.ndarray, k: int, max_bucket: int, stats: SearchStats | N
             stats.tables.append(sub)
             stats.giant_buckets += table.giant
             bounds = _chunks(len(table.distinct), KEY_CHUNK)
-            a, b = _gather(list(pool.map(lambda lh: table_pairs(table, k, *lh), bounds)), stats)
+            a, b = _gather(list(pool.map(lambda lh, t=table: table_pairs(t, k, *lh), bounds)), stats)
             pa_.append(np.minimum(a, b))
             pb_.append(np.maximum(a, b))
     return unique_pairs(np.concatenate(pa_), np.concatenate(pb_))

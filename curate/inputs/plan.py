@@ -15,12 +15,10 @@ from curate.config import InputConfig
 from curate.inputs import InputError
 from curate.inputs.files import input_root, relative_name, resolve_inputs
 from curate.inputs.parse import read_file
-from curate.layout import NAMES
+from curate.layout import RunLayout
 from curate.schema import COL
-from curate.stage_io import parquet_bytes, unit_name
+from curate.stage_io import parquet_bytes
 
-INPUT_DIR = NAMES.input     # under the run output: one parquet of input rows per unit + plan.json
-PLAN_FILE = NAMES.plan
 PLAN_VERSION = 1            # bump when the unit files' layout changes, so old plans are not reused
 # rows: a small input is cut into units of at least this many rows (unit_rows); below it a unit's fixed
 # costs (a Ray task, its stage files, a few thread pools) outweigh what one more unit in flight gains
@@ -60,15 +58,11 @@ def _seen_before(values: list, seen: set[int]) -> list[bool]:
     return out
 
 
-def input_dir(output: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and folder of a run's planned input (<output>/_input)."""
+def run_layout(output: str) -> tuple[pafs.FileSystem, RunLayout]:
+    """The filesystem of a run output and its layout, with paths inside that filesystem: the planned input is
+    layout.input_dir (one file per unit, layout.input_unit(id)) and layout.plan."""
     fs, out = fsutil.get_fs(output)
-    return fs, fsutil.join(out, INPUT_DIR)
-
-
-def unit_input(folder: str, unit_id: int) -> str:
-    """The planned input file of one unit under the input folder."""
-    return fsutil.join(folder, unit_name(unit_id) + ".parquet")
+    return fs, RunLayout(out)
 
 
 def _file_stat(path: str) -> dict:
@@ -87,8 +81,8 @@ def _plan_key(cfg: InputConfig, files: list[str]) -> dict:
 
 def load_plan(output: str) -> dict | None:
     """The saved plan of a run output (key, files with row counts, units), or None."""
-    fs, d = input_dir(output)
-    path = fsutil.join(d, PLAN_FILE)
+    fs, layout = run_layout(output)
+    path = layout.plan
     return json.loads(fsutil.read_bytes(fs, path)) if fsutil.exists(fs, path) else None
 
 
@@ -97,7 +91,7 @@ class _Planner:
 
     def __init__(self, cfg: InputConfig, output: str):
         self.cfg, self.units = cfg, []
-        self.fs, self.dir = input_dir(output)
+        self.fs, self.layout = run_layout(output)
         self.seen_urls: set[int] = set()
         self.seen_phash: set[int] = set()
 
@@ -132,7 +126,7 @@ class _Planner:
         self.units.append(spec)
 
     def _path(self, unit_id: int) -> str:
-        return unit_input(self.dir, unit_id)
+        return self.layout.input_unit(unit_id)
 
     def split(self, rows: int) -> None:
         """Cuts every planned unit of more than `rows` rows into equal parts of at most `rows` (ids renumbered,
@@ -201,5 +195,5 @@ def plan_units(cfg: InputConfig, output: str, cpus: int | None = None) -> list[U
     planner.split(rows)
     plan = {"key": key, "files": files, "unit_rows": rows, "cpus": cpus,
             "units": [asdict(u) for u in planner.units]}
-    fsutil.atomic_write(planner.fs, fsutil.join(planner.dir, PLAN_FILE), json.dumps(plan, indent=1).encode())
+    fsutil.atomic_write(planner.fs, planner.layout.plan, json.dumps(plan, indent=1).encode())
     return planner.units

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from curate import fsutil
 from curate.inputs import InputError
-from curate.inputs.plan import input_dir, unit_input
+from curate.inputs.plan import run_layout
 from curate.schema import COL, Status, set_status
 from curate.urls import InvalidURL, normalize_url
 
@@ -37,8 +37,8 @@ def read_unit(output: str, unit_id: int) -> pa.Table:
     """One unit's rows as a phase-A table: uid, unit_id, source_file, row_index, url, caption, status
     ('ok', 'invalid_url:<detail>', or caption_rule:not_text / too_long from reading), reason, error_message,
     dup_url, dup_phash, (input_phash), src_*."""
-    fs, d = input_dir(output)
-    path = unit_input(d, unit_id)
+    fs, layout = run_layout(output)
+    path = layout.input_unit(unit_id)
     if not fsutil.exists(fs, path):
         raise InputError(f"unit {unit_id} has no input file {path}: plan the run first (plan_units)")
     src = pq.read_table(pa.BufferReader(fsutil.read_bytes(fs, path)))

@@ -6,6 +6,7 @@ import html
 from curate import fsutil
 from curate.layout import NAMES, RunLayout
 from curate.manifest import read_manifest
+from curate.optout.evidence import signal_order
 from curate.report import figures
 from curate.report.stats import (LedgerStats, effective_threshold, funnel, funnel_problems, manifest_from_ledger,
                                  rep_rows, scan_ledger, share, stage_images, written)
@@ -159,6 +160,27 @@ def _duplicates_section(output: str, stats: LedgerStats) -> str:
     return _section("duplicates", title, "".join(parts))
 
 
+def _optout_section(manifest: dict) -> str:
+    """Per opt-out signal: rows checked and dropped, hosts checked and hosts with a disallow (manifest "optout")."""
+    title = "Opt-out signals (robots.txt, TDMRep, headers, image metadata)"
+    opt = manifest.get("optout")
+    if not opt:
+        return _section("optout", title, _none("no opt-out evidence recorded"))
+    warn = f'<p class="warn">WARNING: {html.escape(opt["warning"])}</p>' if opt.get("warning") else ""
+    on = [k for k, v in opt.get("switches", {}).items() if v]
+    facts = (f"<p>switched on: {html.escape(', '.join(on) or 'none')}; robots.txt agents: "
+             f"{html.escape(', '.join(opt.get('agents', [])))}; {int(opt.get('origins_checked', 0)):,} origins' "
+             f"policy files read (metadata/optout_hosts.parquet).</p>")
+    keys = ("rows_checked", "rows_dropped", "hosts_checked", "hosts_disallowing")
+    order = sorted(opt.get("signals", {}).items(), key=lambda kv: signal_order(kv[0]))  # evaluation order
+    rows = [[k, *(int(v.get(c, 0)) for c in keys)] for k, v in order]
+    attrs = [f'data-signal="{html.escape(r[0])}" data-checked="{r[1]}" data-dropped="{r[2]}" '
+             f'data-hosts-disallowing="{r[4]}"' for r in rows]
+    table = _table(["signal", "rows checked", "rows dropped", "hosts checked", "hosts with a disallow"], rows, attrs) \
+        if rows else _none("no row reached an opt-out check")
+    return _section("optout", title, warn + facts + table)
+
+
 # ---------------------------------------------------------------- the report ---
 
 def _header(output: str, manifest: dict) -> str:
@@ -175,7 +197,7 @@ def render_report(output: str, threshold: float | None = None) -> str:
     """The report's HTML text (see build_report)."""
     stats = scan_ledger(output)
     manifest = read_manifest(output) or manifest_from_ledger(stats)
-    body = [_header(output, manifest), _funnel_section(manifest, stats),
+    body = [_header(output, manifest), _funnel_section(manifest, stats), _optout_section(manifest),
             _clip_section(stats, effective_threshold(manifest, threshold)), _lang_section(stats),
             _distributions_section(stats), _concepts_section(stats), _duplicates_section(output, stats)]
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>curate run report</title>'

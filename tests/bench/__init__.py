@@ -1,0 +1,1 @@
+"""Benchmarks of curate against its alternatives (make bench); their figures are committed in results/."""

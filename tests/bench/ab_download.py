@@ -15,7 +15,7 @@ from tests.bench.common import RESULTS, machine_info, ratio
 ROOT = Path(__file__).resolve().parents[2]
 # Runs in the checkout under test (its cwd comes first on sys.path): the same pool, server and run_curate as
 # bench_download, so both sides do exactly what the download benchmark measures.
-_CHILD = r'''
+_CHILD = r"""
 import json, shutil, tempfile
 from pathlib import Path
 import numpy as np
@@ -32,7 +32,7 @@ try:
 finally:
     server.kill()
     shutil.rmtree(work, ignore_errors=True)
-'''
+"""
 
 
 def _one(tree: str, rows: int, pool: int) -> dict:

@@ -266,7 +266,17 @@ def pool_quality(n_bases: int, seed: int, old_tree: str | None) -> dict:
     if old_tree:
         out["before"] = pool_scores(pool, meta, _old_drops(meta, old_tree))
     out["low_detail"] = low_detail_measures(pool, meta)
+    out["options"] = _options(pool, meta, cfg.k)
     return out
+
+
+def _options(pool, meta, k: int) -> dict:
+    """Other hashes and claim rules on the same pool, by brute force (tests/bench/dedup_options.py): what each
+    would score, so the rejected ones stay beside the default with their figures."""
+    from tests.bench.dedup_options import options
+
+    keys = [key for key in SETTING_KEYS if key != "rule_violations"] + ["without_copy_dropped_low_detail"]
+    return options(pool, meta, lambda drops: {key: pool_scores(pool, meta, drops)[key] for key in keys}, k)
 
 
 def low_detail_measures(pool, meta, share: float = 0.3) -> dict:

@@ -26,6 +26,11 @@ from tests.fault_server import FAULT_ROUTES, Route, serve_forever
 
 CTYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 POOL_VERSION = 1
+OPTOUT_HOSTS = "optout_hosts.parquet"  # the host table of the opt-out figure's runs, in their output folder
+# what each of the opt-out figure's origins serves: rules every row is matched against, none of which drops an
+# image of the list (/pool/...), so both runs write the same images and only the checks' cost differs
+BENCH_ROBOTS = b"User-agent: *\nDisallow: /private/\nAllow: /pool/\n\nUser-agent: CCBot\nDisallow: /*.gif$\n"
+BENCH_TDMREP = b'[{"location": "/reserved/*", "tdm-reservation": 1}, {"location": "/*", "tdm-reservation": 0}]'
 
 
 # ---------------------------------------------------------------- inputs
@@ -75,19 +80,21 @@ def write_url_list(path: Path, urls: list[str]) -> None:
 
 def _curate_unit(job: tuple) -> dict:
     from curate import stage_io
-    from curate.config import DownloadConfig, ImageConfig
+    from curate.config import ImageConfig
     from curate.download import download_stage
     from curate.schema import COL, Status
 
-    urls_path, out_dir, unit_id, start, length, threads, size, quality, timeout = job
+    urls_path, out_dir, unit_id, start, length, threads, size, quality, timeout, optout = job
     src = pq.read_table(urls_path).slice(start, length)
     n = src.num_rows
     table = pa.table({
         COL.UID: [f"{start + i:012d}" for i in range(n)], COL.UNIT_ID: pa.array([unit_id] * n, pa.int32()),
         COL.SOURCE_FILE: [urls_path] * n, COL.ROW_INDEX: pa.array(range(start, start + n), pa.int64()),
         COL.URL: src["url"], COL.CAPTION: src["caption"], COL.STATUS: [Status.OK] * n})
-    dl = DownloadConfig(threads=threads, timeout=timeout, per_domain_concurrency=threads,
-                        allow_private_networks=True)
+    dl = _download_config(threads, timeout, optout)
+    if optout is not None:  # the opt-out figure: phase A's recipe from the opt-out stage on
+        from curate.optout.stage import OptOutStage
+        table = OptOutStage(dl, str(Path(out_dir) / OPTOUT_HOSTS))(table)
     table, stats = download_stage(table, dl, ImageConfig(size=size, resize_mode="keep_ratio", quality=quality))
     images = [(f"{u}.{f}", b) for u, f, b in zip(table[COL.UID].to_pylist(), table[COL.IMAGE_FORMAT].to_pylist(),
                                                     table[COL.IMAGE].to_pylist()) if b is not None]
@@ -95,10 +102,34 @@ def _curate_unit(job: tuple) -> dict:
     return {"ok": len(images), "reasons": stats["download_reason_counts"]}
 
 
+def _download_config(threads: int, timeout: int, optout: str | None):
+    """The benchmark's DownloadConfig; optout "off" switches every opt-out signal off, "on" (and None, the
+    comparison with img2dataset) keeps the defaults (all on)."""
+    from curate.config import DownloadConfig, OptOutConfig
+
+    off = OptOutConfig(robots_txt=False, tdmrep=False, headers=False, embedded=False)
+    return DownloadConfig(threads=threads, timeout=timeout, per_domain_concurrency=threads,
+                          allow_private_networks=True, **({"optout": off} if optout == "off" else {}))
+
+
+def _optout_prepass(urls_path: str, out_dir: str, threads: int, timeout: int) -> None:
+    """The driver's pre-pass as the pipeline runs it (pipelines/optout_hosts.py): the origins' robots.txt and
+    tdmrep.json, fetched once, into the host table the units' opt-out stages read."""
+    from curate.optout.hosts import fetch_host_policies, origin_of
+    from curate.stage_io import parquet_bytes
+
+    urls = pq.read_table(urls_path, columns=["url"])["url"].unique().to_pylist()
+    origins = sorted({origin_of(u) for u in urls} - {None})
+    table = fetch_host_policies(origins, _download_config(threads, timeout, "on"))
+    (Path(out_dir) / OPTOUT_HOSTS).write_bytes(parquet_bytes(table))
+
+
 def run_curate(urls_path: str, out_dir: str, processes: int, threads: int, size: int, quality: int,
-               timeout: int, unit_rows: int, result) -> None:
+               timeout: int, unit_rows: int, result, optout: str | None = None) -> None:
     n = pq.read_metadata(urls_path).num_rows
-    jobs = [(urls_path, out_dir, u, s, min(unit_rows, n - s), threads, size, quality, timeout)
+    if optout == "on":
+        _optout_prepass(urls_path, out_dir, threads, timeout)
+    jobs = [(urls_path, out_dir, u, s, min(unit_rows, n - s), threads, size, quality, timeout, optout)
             for u, s in enumerate(range(0, n, unit_rows))]
     with mp.get_context("spawn").Pool(processes) as pool:
         stats = pool.map(_curate_unit, jobs, chunksize=1)
@@ -107,6 +138,16 @@ def run_curate(urls_path: str, out_dir: str, processes: int, threads: int, size:
         for k, v in s["reasons"].items():
             reasons[k] = reasons.get(k, 0) + v
     result.send({"ok": sum(s["ok"] for s in stats), "reasons": reasons})
+
+
+def run_curate_checks_on(*args) -> None:
+    """curate with the opt-out checks on: the host pre-pass, the opt-out stage, header and metadata checks."""
+    run_curate(*args, optout="on")
+
+
+def run_curate_checks_off(*args) -> None:
+    """curate with every opt-out signal off (the same recipe: the opt-out stage then only writes empty lists)."""
+    run_curate(*args, optout="off")
 
 
 def run_img2dataset(urls_path: str, out_dir: str, processes: int, threads: int, size: int, quality: int,
@@ -179,13 +220,28 @@ def measure(target, *args) -> dict:
 
 # ---------------------------------------------------------------- driver
 
-def start_server(pool: list[tuple[str, bytes]], **kw) -> tuple[mp.Process, int]:
+def start_server(pool: list[tuple[str, bytes]], target=serve_forever, **kw) -> tuple[mp.Process, int]:
     ctx = mp.get_context("fork")  # a separate process: the server must not take the tools' GIL
     recv, send = ctx.Pipe(duplex=False)
     routes = [Route(body, CTYPES[ext]) for ext, body in pool]
-    proc = ctx.Process(target=serve_forever, args=(send,), kwargs={"pool": routes, **kw}, daemon=True)
+    proc = ctx.Process(target=target, args=(send,), kwargs={"pool": routes, **kw}, daemon=True)
     proc.start()
     return proc, recv.recv()
+
+
+def serve_all_loopback(ready, **kw) -> None:
+    """serve_forever, listening on every local address (so on all of 127.0.0.0/8, which Linux routes to lo)
+    instead of 127.0.0.1: the opt-out figure's origins are the loopback aliases 127.0.0.2, 127.0.0.3, ..."""
+    from tests.fault_server import ImageServer, _Handler, _Server
+
+    srv = ImageServer(**kw)
+    srv._httpd.server_close()
+    srv._httpd = _Server(("0.0.0.0", 0), _Handler)
+    srv._httpd.owner = srv
+    srv.add("/robots.txt", BENCH_ROBOTS, "text/plain")
+    srv.add("/.well-known/tdmrep.json", BENCH_TDMREP, "application/json")
+    ready.send(srv.port)
+    srv._httpd.serve_forever(poll_interval=0.2)
 
 
 def _combine(runs: list[dict]) -> dict:
@@ -196,12 +252,12 @@ def _combine(runs: list[dict]) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": len(runs)}
 
 
-def compare(name: str, urls: list[str], work: Path, common: tuple, repeat: int = 1) -> dict:
-    """Runs both tools `repeat` times, alternating which goes first (ABBA...), so a change in the load
-    of a shared machine during the benchmark does not favour one of them."""
+def compare(name: str, urls: list[str], work: Path, common: tuple, repeat: int = 1, tools=None) -> dict:
+    """Runs both tools (default: curate and img2dataset) `repeat` times, alternating which goes first
+    (ABBA...), so a change in the load of a shared machine during the benchmark does not favour one of them."""
     urls_path = work / f"{name}.parquet"
     write_url_list(urls_path, urls)
-    tools = [("curate", run_curate), ("img2dataset", run_img2dataset)]
+    tools = tools or [("curate", run_curate), ("img2dataset", run_img2dataset)]
     runs: dict[str, list] = {t: [] for t, _ in tools}
     for r in range(repeat):
         for tool, fn in (tools if r % 2 == 0 else tools[::-1]):
@@ -226,14 +282,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--fault-repeat", type=int, default=10, help="copies of the fault routes in the fault list")
     ap.add_argument("--no-faults", action="store_true")
     ap.add_argument("--repeat", type=int, default=2, help="runs per tool on the image list, alternating order")
+    ap.add_argument("--optout-origins", type=int, default=100, help="origins (127.0.0.2, ...) of the opt-out figure")
+    ap.add_argument("--optout-only", action="store_true",
+                    help="only the opt-out figure, merged into the existing results/download.json")
     args = ap.parse_args(argv)
 
     pool = make_pool(args.pool)
+    common = (args.processes, args.threads, args.size, args.quality, args.timeout, args.unit_rows)
+    if args.optout_only:
+        return merge_optout(optout_figure(args, pool, common))
     # the fault server: slow beyond the timeout, a 60 s drip, an "endless" body bounded at 200 MB
     server, port = start_server(pool, slow_seconds=args.timeout + 5, drip_seconds=60,
                                 endless_bytes=200 * 2**20)
     base = f"http://127.0.0.1:{port}"
-    common = (args.processes, args.threads, args.size, args.quality, args.timeout, args.unit_rows)
     work = Path(tempfile.mkdtemp(prefix="curate-bench-dl-"))
     try:
         rng = np.random.default_rng(1)
@@ -248,10 +309,61 @@ def main(argv=None) -> dict:
     finally:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
-    return report(args, pool, main_res, fault_res)
+    return report(args, pool, main_res, fault_res, optout_figure(args, pool, common))
 
 
-def report(args, pool, main_res: dict, fault_res: dict | None) -> dict:
+def optout_figure(args, pool: list[tuple[str, bytes]], common: tuple) -> dict:
+    """The cost of the opt-out checks: the image list (--rows, same pool) spread over --optout-origins origins
+    on loopback aliases, curate with every check on (host pre-pass, opt-out stage, header and image-metadata
+    checks) vs every check off, alternating order; each origin serves a robots.txt and a tdmrep.json."""
+    if not 1 <= args.optout_origins <= 250:
+        raise SystemExit(f"--optout-origins {args.optout_origins}: the aliases 127.0.0.2..251 hold at most 250")
+    server, port = start_server(pool, target=serve_all_loopback)
+    work = Path(tempfile.mkdtemp(prefix="curate-bench-optout-"))
+    try:
+        ks = np.random.default_rng(1).integers(0, len(pool), args.rows)
+        urls = [f"http://127.0.0.{2 + i % args.optout_origins}:{port}/pool/{i}/{k}.{pool[k][0]}"
+                for i, k in enumerate(ks)]
+        tools = [("checks_on", run_curate_checks_on), ("checks_off", run_curate_checks_off)]
+        res = compare("optout", urls, work, common, args.repeat, tools)
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    on, off = res["checks_on"], res["checks_off"]
+    out = {"optout": {**res, "origins": args.optout_origins, "rows": args.rows, "date": _now(), "notes": (
+               "one server (tests/fault_server.py) listening on 0.0.0.0, reached as 127.0.0.2.. (Linux routes "
+               "127/8 to lo); checks_on: DownloadConfig defaults (robots.txt, TDMRep, headers, embedded), "
+               "the host pre-pass (curate.optout.hosts.fetch_host_policies, timed inside the run) and "
+               "OptOutStage before download_stage; checks_off: every download.optout switch off")},
+           "optout_checks_images_per_s_ratio": ratio(on["images_per_s"], off["images_per_s"], 3),
+           "optout_checks_cpu_per_image_ratio": ratio(on["cpu_ms_per_image"], off["cpu_ms_per_image"], 3)}
+    print(f"opt-out checks: {on['images_per_s']} images/s on vs {off['images_per_s']} off "
+          f"(ratio {out['optout_checks_images_per_s_ratio']}, target >= 0.9); CPU ms/image "
+          f"{on['cpu_ms_per_image']} vs {off['cpu_ms_per_image']}")
+    return out
+
+
+def _now() -> str:
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def merge_optout(figure: dict) -> dict:
+    """results/download.json with the opt-out figure replaced and its other figures kept (--optout-only),
+    their date and machine too (the figure carries its own date)."""
+    from tests.bench.common import RESULTS
+
+    path = RESULTS / "download.json"
+    if not path.exists():
+        write_result("download", figure)
+        return figure
+    doc = {**json.loads(path.read_text()), **figure}
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    print(f"wrote {path}")
+    return doc
+
+
+def report(args, pool, main_res: dict, fault_res: dict | None, optout: dict | None = None) -> dict:
     c, i = main_res["curate"], main_res["img2dataset"]
     result = {
         "rows": args.rows, "repeat": args.repeat, "distinct_images": len(pool), "processes": args.processes, "threads": args.threads,
@@ -282,6 +394,7 @@ def report(args, pool, main_res: dict, fault_res: dict | None) -> dict:
     if fault_res:
         print(f"fault list wall: curate {fc['wall_s']} s vs img2dataset {fi['wall_s']} s "
               f"(ratio {result['fault_wall_time_ratio']})")
+    result.update(optout or {})
     write_result("download", result)
     return result
 

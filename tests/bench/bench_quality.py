@@ -404,8 +404,8 @@ def summarise(args, ctx: dict, rounds: list[dict], training: dict, build_args: l
         "top1_ratio_curated_no_clip_vs_oracle": (ratio(med["curated_no_clip"], med["oracle"])
                                                  if "curated_no_clip" in med else None),
         "total_s": round(total_s, 1),
-        "settings": {"build_shards": build_args + ["(round 0: --no-clip; later rounds: --clip-model, "
-                                                   "--clip-pretrained <checkpoint>, --clip-threshold <calibrated>)"],
+        "settings": {"build_shards": build_args + [("(round 0: --no-clip; later rounds: --clip-model, "
+                                                    "--clip-pretrained <checkpoint>, --clip-threshold <calibrated>)")],
                      "pairs": args.pairs, "heldout_per_subject": args.heldout, "steps": args.steps,
                      "seeds": list(range(args.seeds)), "rounds": args.rounds, "null_quantile": args.null_quantile,
                      "seed": args.seed, "model_cfg": MODEL_CFG, "train": TRAIN, "zeroshot_templates": TEMPLATES,

@@ -80,7 +80,7 @@ def run_open_clip(root: Path, data: Path, model: str, h: dict) -> dict:
     cpu = _call(cmd, root, h)
     wall = time.perf_counter() - t0
     found = LINE.findall((root / "oc_logs" / "bench" / "out.log").read_text())
-    return {"per_step_sps": [float(s) for s, _ in found], "losses": [float(l) for _, l in found], "wall_s": wall,
+    return {"per_step_sps": [float(s) for s, _ in found], "losses": [float(loss) for _, loss in found], "wall_s": wall,
             "cpu_s": cpu, "samples": n}
 
 

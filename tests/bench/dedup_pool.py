@@ -44,7 +44,8 @@ def _iou(a: tuple, b: tuple) -> float:
     w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = w * h
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])
+    def area(r):
+        return (r[2] - r[0]) * (r[3] - r[1])
     return inter / max(1, area(a) + area(b) - inter)
 
 
@@ -121,9 +122,10 @@ def _copy(rng, img: Image.Image) -> tuple[str, bytes]:
         return variant, _stored(img, int(rng.integers(20, 61)))
     if variant == "crop":  # 2-6 % of the area off, split between the sides at random
         cut = rng.uniform(0.02, 0.06) / 2
-        l, t = rng.uniform(0, cut), rng.uniform(0, cut)
+        left, t = rng.uniform(0, cut), rng.uniform(0, cut)
         w, h = img.size
-        return variant, _stored(img.crop((int(w * l), int(h * t), int(w * (1 - cut + l)), int(h * (1 - cut + t)))))
+        return variant, _stored(img.crop((int(w * left), int(h * t), int(w * (1 - cut + left)),
+                                          int(h * (1 - cut + t)))))
     f = rng.choice([-1, 1]) * rng.uniform(0.05, 0.2) + 1
     return variant, _stored(ImageEnhance.Brightness(img).enhance(f))
 

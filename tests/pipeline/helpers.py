@@ -1,6 +1,7 @@
 """Shared pieces of the pipeline tests: a served generated corpus, a small run config, checks on a finished run."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -58,17 +59,28 @@ def run_config(input_path: Path, output: Path, clip_model: Path | None = None, *
     return load_config(None, o)
 
 
+# columns that record when the run read something from the web, not what it made: two runs on the same inputs
+# differ there and only there (the opt-out evidence: when each origin's robots.txt / tdmrep.json was read)
+VOLATILE_COLUMNS = {"metadata/optout_hosts.parquet": ("fetched_at",)}
+
+
 def tree_digest(root: Path, subdirs=("shards", "metadata")) -> dict[str, str]:
-    """sha256 of every file under the given subfolders (for byte-identity checks)."""
+    """sha256 of every file under the given subfolders (for byte-identity checks); a file with VOLATILE_COLUMNS
+    is digested by its content without them."""
     out = {}
     for sub in subdirs:
         for p in sorted((root / sub).rglob("*")):
-            if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and rel in VOLATILE_COLUMNS:
+                rows = pq.read_table(p).drop_columns(list(VOLATILE_COLUMNS[rel])).to_pylist()
+                out[rel] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+            elif p.is_file():
                 out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
-NEAR_REASON = re.compile(r"duplicate:(?P<how>low_detail:|second_hash:)?duplicate_of:(?P<rep>.+)")  # curate/dedup/cluster.py
+# the near-duplicate reasons of curate/dedup/cluster.py
+NEAR_REASON = re.compile(r"duplicate:(?P<how>low_detail:|second_hash:)?duplicate_of:(?P<rep>.+)")
 
 
 def assert_duplicate_rule(out: Path) -> int:
@@ -93,7 +105,7 @@ def assert_duplicate_rule(out: Path) -> int:
         assert rep is not None, f"{where}: its representative is not a row of the run"
         assert rep[COL.STATUS] not in (Status.DUPLICATE, Status.EVAL_OVERLAP, Status.OK), \
             f"{where}: its representative was dropped as {rep[COL.REASON]}"
-        dist = lambda col: bin(r[col] ^ rep[col]).count("1") if None not in (r[col], rep[col]) else 65
+        dist = functools.partial(_hash_bits, r, rep)
         bound = cfg.loose_k if m["how"] == "second_hash:" else cfg.k
         assert dist(first) <= bound, f"{where}: {dist(first)} bits from its representative on {first}, bound {bound}"
         if m["how"] == "low_detail:":
@@ -103,6 +115,11 @@ def assert_duplicate_rule(out: Path) -> int:
             assert dist(second) <= cfg.second_k, f"{where}: {dist(second)} bits on {second}, second_k={cfg.second_k}"
         checked += 1
     return checked
+
+
+def _hash_bits(a: dict, b: dict, col: str) -> int:
+    """Bits that differ between two ledger rows' hash `col`; 65 (beyond any bound) when either lacks it."""
+    return bin(a[col] ^ b[col]).count("1") if None not in (a[col], b[col]) else 65
 
 
 _CHECKED: set = set()

@@ -16,7 +16,6 @@ from pathlib import Path
 import PIL
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from curate.config import load_config
 from curate.democorpus import CorpusServer, make_corpus
@@ -27,6 +26,7 @@ ROWS, SEED = 300, 7
 # uids hash the URL, port included, so the run needs a known port: the first free one of these.
 PORTS = (38517, 38529, 38541)
 VOLATILE_MANIFEST_KEYS = ("created", "config_hash")  # the clock; a hash of the config's tmp paths
+VOLATILE_COLUMNS = ("fetched_at",)  # the clock: when the opt-out pre-pass fetched each origin's policy files
 
 
 def _sha(data: bytes) -> str:
@@ -37,6 +37,7 @@ def _parquet_digest(path: Path, tmp: Path) -> str:
     """By content (schema + rows), so a new pyarrow writer version alone does not break the pin; the run's
     temporary folder (in the clip model path columns) is written as <TMP>."""
     t = pq.read_table(path)
+    t = t.drop_columns([c for c in VOLATILE_COLUMNS if c in t.column_names])
     text = t.schema.remove_metadata().to_string() + "\n" + json.dumps(t.to_pylist(), sort_keys=True, default=str)
     return _sha(text.replace(str(tmp), "<TMP>").encode())
 
