@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import uuid
 from urllib.parse import urlparse
@@ -50,18 +51,33 @@ def is_local(fs: pafs.FileSystem) -> bool:
 
 def atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Writes `data` under a temporary name beside `path`, then renames: readers see all or nothing."""
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if not is_local(fs):
         # an object store publishes an object whole at its final key; no rename needed
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
+    with atomic_stream(fs, path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_stream(fs: pafs.FileSystem, path: str):
+    """A binary file to write `path` through, piece by piece (a shard tar is never whole in memory): a local
+    file goes under a temporary name beside `path` and is renamed when the block ends; for object storage
+    the pieces are buffered and published whole by atomic_write. A block that raises publishes nothing."""
+    if not is_local(fs):
+        buf = io.BytesIO()
+        yield buf
+        atomic_write(fs, path, buf.getvalue())
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     # fsync the data before the rename and the folder after it: without both, a power loss or kernel
     # crash can leave the new name pointing at a short or empty file, which a resume would then trust
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 from curate import fsutil, tario
 from curate.layout import NAMES, RunLayout, unit_name
 from curate.schema import COL, conform, ledger_schema
-from curate.tario import tar_bytes  # the one tar writer (stage and shard tars)
+from curate.tario import tar_bytes  # noqa: F401  (re-exported: the tests build stage tars with it)
 
 STAGE_DIR = NAMES.stage  # completion problems name files as stage/<file>
 VERIFY_THREADS = 8  # parallel completion checks: sha256 releases the GIL, S3 checks wait on requests
@@ -33,30 +34,36 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def write_unit(output: str, unit_id: int, ledger: pa.Table, images: list[tuple[str, bytes]],
+def write_unit(output: str, unit_id: int, ledger: pa.Table, images: Iterable[tuple[str, bytes]],
                stats: dict) -> None:
     """Writes one unit's tar, stats and ledger, each atomically, then its completion record (size and
     sha256 of each file): the unit is complete only once that record is there and matches (unit_done).
 
-    images: (member name "<uid>.<ext>", encoded bytes) in ledger order.
+    images: (member name "<uid>.<ext>", encoded bytes or a buffer) in ledger order; the tar is streamed to
+    its file, so an iterator of views into the image column costs no copy of the unit's images.
     """
     fs, out = fsutil.get_fs(output)
     paths = unit_paths(out, unit_id)
     _delete(fs, paths["done"])  # a unit being rewritten is not complete, whatever an older record says
-    files = {paths["tar"]: tar_bytes(images),
-             paths["stats"]: json.dumps(stats, indent=1, sort_keys=True).encode(),
+    with fsutil.atomic_stream(fs, paths["tar"]) as f:
+        written = {paths["tar"]: tario.write_tar(f, images)}
+    files = {paths["stats"]: json.dumps(stats, indent=1, sort_keys=True).encode(),
              paths["ledger"]: parquet_bytes(conform(ledger, "ledger"))}
     for path, data in files.items():
         fsutil.atomic_write(fs, path, data)
-    _write_record(fs, paths["done"], files)
+    _write_record(fs, paths["done"], {**written, **_digests(files)})
 
 
 # ---------------------------------------------------------------- completion records
-def _write_record(fs: pafs.FileSystem, record_path: str, files: dict[str, bytes], made_by: dict | None = None) -> None:
-    """{"files": {name: {"bytes", "sha256"}}}, names relative to the stage folder (+ "made_by": what
-    produced them, e.g. the CLIP scorer's identity); written last."""
-    entries = {path.rsplit("/", 1)[1]: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-               for path, data in files.items()}
+def _digests(files: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+    return {path: (len(data), hashlib.sha256(data).hexdigest()) for path, data in files.items()}
+
+
+def _write_record(fs: pafs.FileSystem, record_path: str, files: dict[str, tuple[int, str]],
+                  made_by: dict | None = None) -> None:
+    """{"files": {name: {"bytes", "sha256"}}} from {path: (bytes, sha256 hex)}, names relative to the stage
+    folder (+ "made_by": what produced them, e.g. the CLIP scorer's identity); written last."""
+    entries = {path.rsplit("/", 1)[1]: {"bytes": n, "sha256": sha} for path, (n, sha) in files.items()}
     record = {"files": entries} if made_by is None else {"files": entries, "made_by": made_by}
     fsutil.atomic_write(fs, record_path, json.dumps(record, indent=1, sort_keys=True).encode())
 
@@ -188,7 +195,7 @@ def write_scores(output: str, unit_id: int, rows: pa.Table, scorer: dict | None 
     fsutil.atomic_write(fs, paths["scores"], files[paths["scores"]])
     if fsutil.exists(fs, paths["embeddings"]):
         files[paths["embeddings"]] = fsutil.read_bytes(fs, paths["embeddings"])
-    _write_record(fs, paths["scores_done"], files, scorer)
+    _write_record(fs, paths["scores_done"], _digests(files), scorer)
 
 
 def invalidate_scores(output: str, unit_id: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import mmap
 import os
@@ -31,39 +32,52 @@ class Member(NamedTuple):
 
 # ---------------------------------------------------------------- writing
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
-    """A USTAR archive (in memory) of (name, bytes) members: mtime 0, mode 0644, no owner, so the same
-    members give the same bytes. The headers are built directly (tarfile spends ~100 us per member on
-    header objects, which dominated shard writing); a name over 100 bytes goes through tarfile (which
-    splits it into USTAR's prefix field, or raises). Both routes give tarfile's bytes."""
-    members = list(members)
-    if any(len(name.encode("utf-8")) > 100 for name, _ in members):
-        return _tarfile_bytes(members)
-    parts, total = [], 0
-    for name, data in members:
-        header = bytearray(_HEADER_TEMPLATE)
-        raw, size = name.encode("utf-8"), b"%011o\0" % len(data)
-        header[:len(raw)] = raw
-        header[124:136] = size
-        header[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(size))  # checksum field counted as spaces
-        parts += [bytes(header), data, bytes(-len(data) % 512)]
-        total += 512 + len(data) + (-len(data) % 512)
-    total += 1024
-    parts.append(bytes(1024 + (-total % _RECORD)))  # two zero blocks end the archive, then the record pad
-    return b"".join(parts)
-
-
-def _tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    """tar_bytes through tarfile: the reference format, and the route for long names."""
+    """A USTAR archive (in memory) of (name, bytes) members: write_tar into a buffer."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+    write_tar(buf, members)
     return buf.getvalue()
+
+
+def write_tar(f, members: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+    """Streams a USTAR archive of (name, bytes-like) members to the binary file `f`, one member at a time
+    (no copy of the archive in memory); returns its (bytes, sha256 hex). mtime 0, mode 0644, no owner, so
+    the same members give the same bytes. The headers are built directly (tarfile spends ~100 us per member
+    on header objects, which dominated shard writing); a name over 100 bytes gets tarfile's header (which
+    splits it into USTAR's prefix field, or raises). Both give tarfile's bytes (tests/test_tario.py)."""
+    digest, total = hashlib.sha256(), 0
+
+    def put(data) -> None:
+        nonlocal total
+        f.write(data)
+        digest.update(data)
+        total += len(data)
+
+    for name, data in members:
+        raw, n = name.encode("utf-8"), len(data)
+        put(_header(raw, n) if len(raw) <= 100 else _long_header(name, n))
+        put(data)
+        if n % 512:
+            put(bytes(512 - n % 512))
+    put(bytes(1024 + (-(total + 1024) % _RECORD)))  # two zero blocks end the archive, then the record pad
+    return total, digest.hexdigest()
+
+
+def _header(raw: bytes, n: int) -> bytes:
+    """The USTAR header of a regular file whose UTF-8 name fits the 100-byte name field."""
+    header = bytearray(_HEADER_TEMPLATE)
+    size = b"%011o\0" % n
+    header[:len(raw)] = raw
+    header[124:136] = size
+    header[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(size))  # checksum field counted as spaces
+    return bytes(header)
+
+
+def _long_header(name: str, n: int) -> bytes:
+    """tarfile's USTAR header for a longer name (prefix field; ValueError when it cannot be split)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = n, 0, 0o644
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
 def _header_template() -> bytes:

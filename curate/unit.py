@@ -1,10 +1,12 @@
 """Phase A for one work unit: read its rows, run the stage recipe (phase_a_stages), write stage outputs. No Ray."""
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -15,6 +17,9 @@ from curate.layout import RunLayout
 from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, ok_rows, set_column
 from curate.stage import Stage, StageStats, UnitStats, run_stages
 from curate.timing import Phases
+
+SCORE_SLICE_BATCHES = 4  # clip.batch_size batches per in-unit scoring slice: one slice's pixels held at a time
+HEAP_HEAVY = ("download", "hashing")  # stages after which the worker's freed heap goes back to the OS
 
 
 def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: bool = False) -> list[Stage]:
@@ -79,45 +84,73 @@ class ScoresFileStage:
         return table
 
 
-def _images_of(table: pa.Table) -> list[tuple[str, bytes]]:
-    """(member name, bytes) of rows still ok that carry an encoded image, in ledger order: a row that failed
-    after download (any later stage) must not carry its image into the stage tar."""
+def _images_of(table: pa.Table):
+    """(member name, bytes-like) of rows still ok that carry an encoded image, in ledger order: a row that
+    failed after download (any later stage) must not carry its image into the stage tar. Zero-copy views of
+    the image column, yielded one at a time: the streamed tar never needs a second copy of the images."""
     if COL.IMAGE not in table.column_names:
-        return []
-    out = []
+        return
     for uid, fmt, img, ok in zip(table[COL.UID].to_pylist(), table[COL.IMAGE_FORMAT].to_pylist(),
-                                 table[COL.IMAGE].to_pylist(), ok_rows(table)):
-        if img is not None and ok:
-            out.append((f"{uid}.{fmt or 'jpg'}", img))
-    return out
+                                 table[COL.IMAGE], ok_rows(table)):
+        if ok and img.is_valid:
+            yield f"{uid}.{fmt or 'jpg'}", img.as_buffer()
+
+
+def _count_images(table: pa.Table) -> int:
+    """How many members _images_of yields."""
+    if COL.IMAGE not in table.column_names:
+        return 0
+    return pc.sum(pc.and_(ok_mask(table), pc.is_valid(table[COL.IMAGE]))).as_py() or 0
+
+
+def _trim_heap() -> None:
+    """Returns the freed heap of a finished stage to the OS (glibc keeps it per arena, and each decode thread
+    has its own): the next stage, and the model loaded for scoring, start from a smaller RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _run_recipe(table: pa.Table, stages: list[Stage], counted: StageStats, ph: Phases | None = None) -> pa.Table:
+    """run_stages, trimming the heap after the stages that leave much of it free (HEAP_HEAVY)."""
+    for stage in stages:
+        table = run_stages(table, [stage], counted, ph)
+        if stage.name in HEAP_HEAVY:
+            _trim_heap()
+    return table
 
 
 def _score_in_unit(table: pa.Table, unit_id: int, output: str, clip: ClipConfig) -> dict:
     """Scores the unit's ok rows in this task (CPU-only clusters) and writes its scores file, so the
     scoring pass skips it: no second read and decode of the stage tar, and the model's CPU work overlaps
     the other units' network waits. Returns timing stats."""
-    from curate.clip.model import scorer_identity  # heavy imports stay inside the worker
-    from curate.clip.scorer import worker_stage
+    from curate.clip.identity import scorer_identity
+    from curate.clip.scorer import worker_stage  # heavy imports stay inside the worker
 
     t0 = time.time()
-    rows = table.filter(ok_mask(table)).select([COL.UID, COL.IMAGE, COL.CAPTION_CLEAN])
+    cols = table.select([COL.UID, COL.IMAGE, COL.CAPTION_CLEAN])
+    ok = pa.array(np.flatnonzero(ok_rows(table)), pa.int64())
     score = worker_stage(clip)  # the scoring stage, loaded once per worker process
-    stage_io.write_scores(output, unit_id, score(rows) if rows.num_rows else rows,
+    # slices of whole scorer batches of the ok rows: the same batches as one call (same scores), but only
+    # one slice's image bytes (taken, not a filtered copy of the column) and pixels are held at a time
+    step = clip.batch_size * SCORE_SLICE_BATCHES
+    scored = [score(cols.take(ok.slice(s, step))) for s in range(0, len(ok), step)]
+    stage_io.write_scores(output, unit_id, pa.concat_tables(scored) if scored else cols.take(ok),
                           scorer_identity(clip.model, clip.pretrained))
-    return {"clip_scored": rows.num_rows, "clip_seconds": round(time.time() - t0, 3)}
+    return {"clip_scored": len(ok), "clip_seconds": round(time.time() - t0, 3)}
 
 
 def _finish(table: pa.Table, output: str, stats: UnitStats, t0: float) -> UnitStats:
     """Writes the unit's stage files from `table`; returns `stats` completed with the ledger's counts."""
-    images = _images_of(table)
     ledger = table.drop_columns([c for c in TRANSIENT if c in table.column_names])
     counts = pc.value_counts(ledger[COL.STATUS]).to_pylist()
-    stats.rows, stats.images = ledger.num_rows, len(images)
+    stats.rows, stats.images = ledger.num_rows, _count_images(table)
     stats.status_counts = {d["values"]: d["counts"] for d in counts}
     stats.unit_seconds = round(time.time() - t0, 3)
     ph = Phases()
     with ph("stage_write"):
-        stage_io.write_unit(output, stats.unit_id, ledger, images, stats.as_json())
+        stage_io.write_unit(output, stats.unit_id, ledger, _images_of(table), stats.as_json())
     stats.timings = {**(stats.timings or {}), **ph.as_dict()}  # in the returned stats only: the file is written
     return stats
 
@@ -138,7 +171,7 @@ def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, 
     with ph("read"):
         table = read_unit(cfg.output, unit_id)
     counted = StageStats()
-    table = run_stages(table, phase_a_stages(cfg, unit_id, score=score), counted, ph)
+    table = _run_recipe(table, phase_a_stages(cfg, unit_id, score=score), counted, ph)
     return _finish(table, cfg.output, UnitStats(unit_id, stages=counted.as_dict(), extra=dict(extra_stats or {}),
                                                 timings=ph.as_dict()), t0)
 
@@ -160,7 +193,7 @@ def retry_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) ->
     for col in (COL.REASON, COL.ERROR_MESSAGE):
         todo = set_column(todo, col, pa.nulls(todo.num_rows, pa.string()))
     counted = StageStats()
-    todo = run_stages(todo, phase_a_stages(cfg, unit_id, retry=True), counted)
+    todo = _run_recipe(todo, phase_a_stages(cfg, unit_id, retry=True), counted)
     merged = _merge_retried(ledger, todo, old_images)
     stage_io.invalidate_scores(cfg.output, unit_id)
     return _finish(merged, cfg.output, UnitStats(unit_id, stages=counted.as_dict(), extra=dict(extra_stats or {}),

@@ -1,7 +1,6 @@
 """Phase C: gathers kept images from stage tars into webdataset shards, writes metadata and manifest.json."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,26 +146,30 @@ def _shard_tasks(output: str, kept: pa.Table, index: pa.Table, cfg: RunConfig, m
 
 def write_shard(task: ShardTask) -> dict:
     """Writes shards/NAME.tar (KEY.ext, KEY.json, KEY.txt per sample, fixed mtimes), shards/NAME.parquet,
-    shards/NAME_stats.json and metadata/samples/part-NAME.parquet; returns the manifest entry."""
+    shards/NAME_stats.json and metadata/samples/part-NAME.parquet; returns the manifest entry. The tar is
+    streamed to its file (size and sha256 on the way): the shard is never whole in memory."""
     fs, out = fsutil.get_fs(task.output)
     images = read_images(fs, out, task.unit, task.offset, task.size)
     rows = task.samples.to_pylist()
-    members = []
-    for row, img, ext in zip(rows, images, task.ext):
-        key = row[COL.KEY]
-        members += [(f"{key}.{ext}", img), (f"{key}.json", _json(row)),
-                    (f"{key}.txt", (row[COL.CAPTION] or "").encode("utf-8"))]
-    tar = tario.tar_bytes(members)
-    pq_bytes = stage_io.parquet_bytes(task.samples)
     lay = RunLayout(out)
     paths = lay.shard(task.name)
-    fsutil.atomic_write(fs, paths.tar, tar)
+    with fsutil.atomic_stream(fs, paths.tar) as f:
+        n_bytes, sha256 = tario.write_tar(f, _shard_members(rows, images, task.ext))
+    pq_bytes = stage_io.parquet_bytes(task.samples)
     fsutil.atomic_write(fs, paths.samples, pq_bytes)
     fsutil.atomic_write(fs, lay.sample_part(task.name), pq_bytes)
-    entry = {"name": lay.relative(paths.tar), "count": len(rows), "bytes": len(tar),
-             "sha256": hashlib.sha256(tar).hexdigest()}
+    entry = {"name": lay.relative(paths.tar), "count": len(rows), "bytes": n_bytes, "sha256": sha256}
     fsutil.atomic_write(fs, paths.stats, _json({**entry, **_shard_stats(task, images)}))
     return entry
+
+
+def _shard_members(rows: list[dict], images: list[bytes], exts: tuple[str, ...]):
+    """(name, bytes) of a shard's members, sample by sample: KEY.ext, KEY.json, KEY.txt."""
+    for row, img, ext in zip(rows, images, exts):
+        key = row[COL.KEY]
+        yield f"{key}.{ext}", img
+        yield f"{key}.json", _json(row)
+        yield f"{key}.txt", (row[COL.CAPTION] or "").encode("utf-8")
 
 
 def _shard_stats(task: ShardTask, images: list[bytes]) -> dict:

@@ -94,14 +94,18 @@ def _one_line(output: str):
 
 
 @contextmanager
-def claim_output(cfg: RunConfig):
+def claim_output(cfg: RunConfig, before_changes=None):
     """The output for this run: checked (a new or empty folder or a curate output holding no input),
-    locked until the run ends, emptied of curate's entries on --overwrite, its config saved or compared."""
+    locked until the run ends, emptied of curate's entries on --overwrite, its config saved or compared.
+    before_changes(), when given, runs once the output is checked and locked, before anything in it is
+    deleted or written (run: Ray starts there, while the CLIP check runs, which it then awaits)."""
     with _one_line(cfg.output):
         output_guard.check_output(cfg.output, cfg.input.paths, cfg.overwrite)
         lock = output_guard.OutputLock(cfg.output)
         lock.acquire()
     try:
+        if before_changes is not None:
+            before_changes()
         with _one_line(cfg.output):
             if cfg.overwrite:
                 gone = output_guard.clear_output(cfg.output)
@@ -113,14 +117,56 @@ def claim_output(cfg: RunConfig):
         lock.release()
 
 
-def check_dependencies(cfg: RunConfig) -> None:
-    """Fails now, not hours later on a worker: backends and models the run needs must load."""
+# Loads the CLIP model in a child process: the driver never imports torch/open_clip (about 0.75 GB of RSS and
+# 4-5 CPU-s), nor holds the model, for the whole run; the workers load it when they score.
+_MARK = "curate-clip-load-error: "
+_CLIP_CHECK = (f"import sys\n_MARK = {_MARK!r}\n"
+               "from curate.clip.model import ClipLoadError, load_clip\n"
+               "try:\n    load_clip(sys.argv[1], sys.argv[2], 'cpu')\n"
+               "except ClipLoadError as e:\n    print(_MARK + str(e), file=sys.stderr)\n    sys.exit(3)\n")
+
+
+class ClipCheck:
+    """load_clip(model, pretrained) running in a child process (start: now; wait: its verdict), so the
+    check's seconds overlap Ray's start-up and the driver stays torch-free."""
+
+    def __init__(self, model: str, pretrained: str):
+        import subprocess
+        from pathlib import Path
+
+        import curate
+        self.model, self.pretrained = model, pretrained
+        root = str(Path(curate.__file__).resolve().parents[1])  # the child imports this curate, not another one
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([sys.executable, "-c", _CLIP_CHECK, model, pretrained], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait(self) -> None:
+        """Raises ClipLoadError with the child's message when the model does not load (RuntimeError with its
+        stderr tail for anything else)."""
+        _, err = self.proc.communicate()
+        if self.proc.returncode == 3:
+            from curate.clip.model import ClipLoadError  # the failure path only: the driver stays torch-free
+            raise ClipLoadError(err.rpartition(_MARK)[2].strip())
+        if self.proc.returncode:
+            raise RuntimeError(f"clip: loading {self.model!r} ({self.pretrained!r}) failed in a check process "
+                               f"(exit {self.proc.returncode}): {err.strip()[-2000:]}")
+
+    def close(self) -> None:
+        """Stops the check if it still runs (the run failed before awaiting it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def check_dependencies(cfg: RunConfig) -> ClipCheck | None:
+    """Fails now, not hours later on a worker: backends and models the run needs must load. The language
+    backend is checked here; the CLIP model's check is started in a child process and returned: await it
+    (ClipCheck.wait) before the run changes anything."""
     if cfg.language.enabled:
         from curate.language import check_backend
         check_backend(cfg.language)
-    if cfg.clip.enabled:
-        from curate.clip.model import load_clip
-        load_clip(cfg.clip.model, cfg.clip.pretrained, "cpu")
+    return ClipCheck(cfg.clip.model, cfg.clip.pretrained) if cfg.clip.enabled else None
 
 
 @contextmanager
@@ -228,10 +274,23 @@ def run(cfg: RunConfig) -> dict:
     times = RunTimes()  # the breakdown of where the time goes: stage/timings.json
     t0 = time.time()
     with times.run("check_dependencies"):
-        check_dependencies(cfg)
-    with claim_output(cfg), ExitStack() as ray_up:
+        clip_check = check_dependencies(cfg)
+    ray_up = ExitStack()
+
+    def start_ray_then_await_check():  # Ray starts while the CLIP check runs; its verdict comes first
         with times.run("ray_start"):
             ray_up.enter_context(ray_session(cfg))
+        if clip_check is not None:
+            with times.run("check_dependencies"), ExitStack() as failed:
+                failed.callback(ray_up.close)  # a failed check stops Ray before the output's lock goes
+                clip_check.wait()
+                failed.pop_all()
+
+    with ExitStack() as stack:
+        if clip_check is not None:
+            stack.callback(clip_check.close)
+        stack.enter_context(claim_output(cfg, before_changes=start_ray_then_await_check))
+        stack.enter_context(ray_up)  # Ray stops before the output's lock is released, as before
         with times.run("plan"):
             units = plan_units(cfg.input, cfg.output, cpus=cluster_cpus())
         with times.run("optout_hosts"):

@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import ray
 
 from curate import fsutil, stage_io
-from curate.clip.model import scorer_identity
-from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipScore, worker_stage
+from curate.clip.identity import scorer_identity  # torch-free: the driver imports this module
 from curate.config import ClipConfig
 from curate.schema import COL, Status
 
@@ -45,6 +44,7 @@ def read_units(batch: pa.Table, output: str) -> pa.Table:
 
 def preprocess_batch(batch: pa.Table, cfg: ClipConfig) -> pa.Table:
     """ClipScore's CPU half as a stateless Ray task function (the transforms load once per worker)."""
+    from curate.clip.scorer import worker_stage  # torch and open_clip: in the workers only
     return worker_stage(cfg).preprocess(batch)
 
 
@@ -52,6 +52,7 @@ class ClipModelActor:
     """ClipScore's model half as a Ray Data actor: the model loads when the actor starts, once."""
 
     def __init__(self, cfg: ClipConfig):
+        from curate.clip.scorer import ClipScore
         self.stage = ClipScore(cfg)
         self.stage.load("model")
 
@@ -83,6 +84,7 @@ def write_unit_scores(output: str, unit_id: int, rows: pa.Table, cfg: ClipConfig
     if rows.num_rows:
         rows = rows.take(pc.sort_indices(rows[ROW]))
     if cfg.save_embeddings:
+        from curate.clip.scorer import IMAGE_EMB, TEXT_EMB
         emb = rows.select([COL.UID, IMAGE_EMB, TEXT_EMB]) if rows.num_rows else pa.table(
             {COL.UID: pa.array([], pa.string())})
         fsutil.atomic_write(fs, paths["embeddings"], stage_io.parquet_bytes(emb))

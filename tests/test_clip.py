@@ -286,3 +286,18 @@ def test_cpu_actor_fallback_says_so(ray_local, capsys):
     assert "no GPU in the Ray cluster" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="clip.device is cuda but the Ray cluster has no GPU"):
         actor_options(ClipConfig(device="cuda"))
+
+
+def test_the_driver_and_phase_a_imports_stay_torch_free():
+    """The driver (build_shards, the scoring pass's driver side, selection and writing) and the phase-A unit
+    code import neither torch/open_clip (~0.75 GB RSS: the CLIP check runs in a child process) nor numba."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, pipelines.build_shards, pipelines.scoring, pipelines.select_write, curate.unit, "
+            "curate.writer, curate.clip, curate.dedup\nfrom curate.clip.identity import scorer_identity\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'numba') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"

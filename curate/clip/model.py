@@ -9,7 +9,6 @@ import socket
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,7 +17,9 @@ import torch
 
 from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# torch-free parts, re-exported: the driver reads scorer identities without importing torch
+from curate.clip.identity import WEIGHT_SUFFIXES, _fingerprint, _looks_like_path, scorer_identity  # noqa: F401
+
 HUB_PROBE = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0  # seconds: an offline machine must fail within seconds, not after minutes of retries
 RANDOM_INIT_SEED = 0
@@ -107,10 +108,6 @@ def _model_name(model: str) -> str:
     hint = f"; close names: {', '.join(close)}" if close else ""
     raise ClipLoadError(f"clip.model: unknown open_clip model {model!r}{hint} "
                         f"(or pass a model config JSON path)")
-
-
-def _looks_like_path(s: str) -> bool:
-    return s.endswith(WEIGHT_SUFFIXES) or s.startswith((".", "~", "/")) or os.sep in s
 
 
 def _cached_tag_file(tag_cfg: dict) -> str | None:
@@ -244,27 +241,3 @@ def load_transforms(model: str, pretrained: str = ""):
     r = resolve(model, pretrained)
     _, _, preprocess = _create(r, model, pretrained, "cpu", meta=True)
     return preprocess, open_clip.get_tokenizer(r.name)
-
-
-def _fingerprint(path: Path) -> list:
-    """(name, bytes, sha256) of a local file, or of every weights/config file of a checkpoint folder."""
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()
-                                                 and p.suffix in (*WEIGHT_SUFFIXES, ".json"))
-    out = []
-    for f in files:
-        with open(f, "rb") as fh:
-            out.append([f.name, f.stat().st_size, hashlib.file_digest(fh, "sha256").hexdigest()])
-    return out
-
-
-@lru_cache(maxsize=8)
-def scorer_identity(model: str, pretrained: str) -> dict:
-    """What decides a CLIP score: the model name or config and the weights. A local config, weights file or
-    checkpoint folder is identified by its files' digests, so retraining into the same folder is a new
-    scorer; an open_clip tag by its name. Stored in each unit's scores record: a rerun whose scorer differs
-    rescores the unit (the bootstrap recipe: build without CLIP, train a scorer, rebuild with it)."""
-    ident: dict = {"model": model, "pretrained": pretrained}
-    for key, value in (("model_files", model), ("pretrained_files", pretrained)):
-        if value and _looks_like_path(value) and Path(value).exists():
-            ident[key] = _fingerprint(Path(value))
-    return ident

@@ -95,3 +95,19 @@ def test_cli_rejects_unknown_config_key_and_bad_input(tmp_path, capsys):
     assert "timout" in capsys.readouterr().err
     assert main(["--input", str(tmp_path / "missing*.parquet"), "--output", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_load_fails_before_the_output_changes(served, first_run):
+    """The CLIP check runs in a child process while Ray starts; its error (load_clip's own message) comes
+    before --overwrite deletes anything or a config is saved."""
+    from curate.clip.model import ClipLoadError, load_clip
+
+    _, path, _, _ = served
+    with pytest.raises(ClipLoadError) as direct:
+        load_clip("ViT-B-33")
+    out = first_run["out"]
+    before = (tree_digest(out, ("shards", "metadata", "stage")), (out / "config.yaml").read_bytes())
+    with pytest.raises(ClipLoadError) as via_run:
+        run(run_config(path, out, clip_model="ViT-B-33", overwrite=True))
+    assert str(via_run.value) == str(direct.value)
+    assert (tree_digest(out, ("shards", "metadata", "stage")), (out / "config.yaml").read_bytes()) == before
