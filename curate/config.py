@@ -122,6 +122,9 @@ class DedupConfig:
     eval_hashes: str | None = None       # Parquet or text file of evaluation-image hashes -> eval_overlap
     prefetch: bool = True                # drop repeated precomputed input hashes before download
     fast_hash: bool = False              # sample 96x64 px per image: 10x+ faster, pHash ~2 bits off imagehash
+    semantic: bool = False               # semantic dedup on the stored CLIP image embeddings (needs clip.save_embeddings; curate/dedup/semantic.py)
+    semantic_eps: float = 0.05           # cosine distance within which a row is a semantic duplicate of its representative
+    semantic_clusters: int = 0           # k-means clusters that bound the comparisons (0: about sqrt(images))
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,15 @@ class ClipConfig:
     num_actors: int = 0                  # 0 = one per GPU, or one per core (up to 8) on a CPU-only cluster
     cpu_in_units: bool = True            # no GPU in the cluster: score inside the download tasks (no second pass)
     draft_decode: bool = True            # JPEGs >= 2x the model's input size decode at a reduced scale (faster)
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    enabled: bool = False                # store teacher embeddings of seeded image views and captions (KEY.npz)
+    teachers: tuple[str, ...] = ()       # "<model>|<pretrained>" each (as clip.model|clip.pretrained): an ensemble
+    views: int = 2                       # augmented views per image (RandomResizedCrop + flip, seeded by uid)
+    min_scale: float = 0.35              # lower bound of the crops' area fraction (RandomResizedCrop scale)
+    batch_size: int = 64                 # images per teacher forward
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,7 @@ class RunConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 
@@ -332,6 +345,7 @@ def check(cfg: RunConfig) -> None:
                               f"got {getattr(cfg.dedup, key)}")
     if cfg.dedup.max_bucket <= 0:
         raise ConfigError(f"dedup.max_bucket: must be > 0, got {cfg.dedup.max_bucket}")
+    _check_semantic(cfg)
     f = cfg.clip.keep_top_fraction
     if f is not None and not 0 < f <= 1:
         raise ConfigError(f"clip.keep_top_fraction: must be in (0, 1], got {f}")
@@ -339,6 +353,40 @@ def check(cfg: RunConfig) -> None:
         if kind not in ("icc", "exif"):
             raise ConfigError(f"image.keep_metadata[{i}]: {kind!r} is not one of icc, exif")
     _check_language(cfg.language)
+    _check_reinforce(cfg.reinforce, cfg.seed)
+
+
+def _check_reinforce(r: ReinforceConfig, seed: int) -> None:
+    """Teachers are '<model>|<pretrained>'; views, scale and batch are in range (checked only when enabled)."""
+    if not r.enabled:
+        return
+    if not r.teachers:
+        raise ConfigError("reinforce.teachers: reinforce is enabled but names no teacher ('<model>|<pretrained>')")
+    for i, t in enumerate(r.teachers):
+        if "|" not in t or not t.split("|", 1)[0].strip():
+            raise ConfigError(f"reinforce.teachers[{i}]: {t!r} is not '<model>|<pretrained>' "
+                              f"(pretrained may be empty: 'model|')")
+    if r.views < 1 or r.batch_size < 1:
+        raise ConfigError(f"reinforce.views and reinforce.batch_size: must be >= 1, got {r.views}, {r.batch_size}")
+    if not 0 < r.min_scale <= 1:
+        raise ConfigError(f"reinforce.min_scale: must be in (0, 1], got {r.min_scale}")
+    if seed < 0:
+        raise ConfigError(f"seed: must be >= 0 with reinforce on (it seeds the views), got {seed}")
+
+
+def _check_semantic(cfg: RunConfig) -> None:
+    """dedup.semantic reads the image embeddings the scoring pass stores: it needs them asked for, not turned on
+    behind the user's back (storing them moves scoring out of the download tasks and costs disk)."""
+    d = cfg.dedup
+    if not 0 <= d.semantic_eps < 2:
+        raise ConfigError(f"dedup.semantic_eps: must be in [0, 2) (a cosine distance), got {d.semantic_eps}")
+    if d.semantic_clusters < 0:
+        raise ConfigError(f"dedup.semantic_clusters: must be >= 0 (0: about sqrt(images)), got {d.semantic_clusters}")
+    if d.semantic and not d.enabled:
+        raise ConfigError("dedup.semantic: needs dedup.enabled (it runs after pHash dedup, in phase B)")
+    if d.semantic and not (cfg.clip.enabled and cfg.clip.save_embeddings):
+        raise ConfigError("dedup.semantic: needs clip.enabled and clip.save_embeddings: true (it reads the stored "
+                          "image embeddings, stage/<unit>.emb.parquet)")
 
 
 def _check_language(lang: LanguageConfig) -> None:

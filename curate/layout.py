@@ -82,6 +82,8 @@ class UnitPaths:
     embeddings: str
     done: str
     scores_done: str
+    reinforce: str          # reinforce on: uid, KEY.npz bytes and view parameters per ok row
+    reinforce_done: str     # its completion record (names the teachers, views and seed)
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -172,7 +174,8 @@ class RunLayout:
         return self._join(NAMES.ledger, NAMES.part_name(unit_name(unit_id)))
 
     def unit(self, unit_id: int) -> UnitPaths:
-        """stage/UNIT.tar, .parquet, _stats.json, .scores.parquet, .emb.parquet, .done.json, .scores.done.json."""
+        """stage/UNIT.tar, .parquet, _stats.json, .scores.parquet, .emb.parquet, .done.json, .scores.done.json,
+        .reinforce.parquet, .reinforce.done.json."""
         base = self._join(NAMES.stage, unit_name(unit_id))
         return UnitPaths(**{k: base + s for k, s in NAMES.unit_files.items()})
 

@@ -22,18 +22,22 @@ def build_manifest(ledger: pa.Table, cfg: RunConfig, inputs: list[dict], shards:
     counts = value_counts(ledger[COL.STATUS])
     dropped = ledger.filter(pc.not_equal(ledger[COL.STATUS], Status.KEPT))[COL.REASON]
     # one key per cluster representative would make the manifest grow with the run: group them
-    reasons = value_counts(pc.replace_substring_regex(dropped, r"duplicate_of:[0-9a-f]+", "duplicate_of"))
+    reasons = value_counts(pc.replace_substring_regex(dropped, r"(duplicate|semantic)_of:[0-9a-f]+", r"\1_of"))
     written = sum(s["count"] for s in shards)
     in_rows = [i.get("rows") for i in inputs]
     if inputs and None not in in_rows and sum(in_rows) != total:
         raise ValueError(f"manifest: inputs hold {sum(in_rows)} rows but the ledger has {total}")
     if written != counts.get(Status.KEPT, 0) or sum(counts.values()) != total:
         raise ValueError(f"manifest: counts do not add up ({counts}, {written} written, {total} rows)")
-    return {"curate_version": _version(), "created": _created(), "config": to_dict(cfg),
+    out = {"curate_version": _version(), "created": _created(), "config": to_dict(cfg),
             "config_hash": config_hash(cfg), "inputs": list(inputs), "total_rows": total, "counts": counts,
             "reasons": reasons, "written_samples": written, "shards": shards, "layout": NAMES.manifest_layout(),
             "shard_mix": {k: mix[k] for k in ("max_lang_deviation", "max_concept_deviation")},
             "optout": optout_summary(ledger, cfg, _optout_hosts(cfg.output))}
+    if cfg.reinforce.enabled:  # what a distilling trainer needs to know about each KEY.npz
+        r = cfg.reinforce
+        out["reinforce"] = {"teachers": list(r.teachers), "views": r.views, "min_scale": r.min_scale}
+    return out
 
 
 def _optout_hosts(output: str) -> pa.Table | None:

@@ -24,7 +24,8 @@ VERIFY_THREADS = 8  # parallel completion checks: sha256 releases the GIL, S3 ch
 
 
 def unit_paths(output: str, unit_id: int) -> dict[str, str]:
-    """{tar, ledger, stats, scores, embeddings, done, scores_done}: the unit's stage files (RunLayout.unit)."""
+    """{tar, ledger, stats, scores, embeddings, done, scores_done, reinforce, reinforce_done}: the unit's
+    stage files (RunLayout.unit)."""
     return RunLayout(output).unit(unit_id).as_dict()
 
 
@@ -102,6 +103,9 @@ def _record_problem(fs: pafs.FileSystem, record_path: str, digests: bool, made_b
 def _maker(made_by: dict | None) -> str:
     if not made_by:
         return "an unrecorded scorer"
+    if "teachers" in made_by:  # a reinforce record (curate.reinforce.teachers.reinforcer_identity)
+        return (f"teachers {', '.join(_maker(t) for t in made_by['teachers'])} with {made_by.get('views')} "
+                f"views, seed {made_by.get('seed')}")
     return f"{made_by.get('model')} / {made_by.get('pretrained') or 'random init'}" + (
         " (other weights)" if "pretrained_files" in made_by or "model_files" in made_by else "")
 
@@ -196,6 +200,43 @@ def write_scores(output: str, unit_id: int, rows: pa.Table, scorer: dict | None 
     if fsutil.exists(fs, paths["embeddings"]):
         files[paths["embeddings"]] = fsutil.read_bytes(fs, paths["embeddings"])
     _write_record(fs, paths["scores_done"], _digests(files), scorer)
+
+
+def write_reinforce(output: str, unit_id: int, table: pa.Table, made_by: dict) -> None:
+    """stage/<unit>.reinforce.parquet (curate.reinforce: uid, KEY.npz bytes, views), written atomically, then
+    its completion record naming what made it (teachers, views, seed): a torn file is never trusted."""
+    fs, out = fsutil.get_fs(output)
+    paths = unit_paths(out, unit_id)
+    _delete(fs, paths["reinforce_done"])
+    files = {paths["reinforce"]: parquet_bytes(table)}
+    fsutil.atomic_write(fs, paths["reinforce"], files[paths["reinforce"]])
+    _write_record(fs, paths["reinforce_done"], _digests(files), made_by)
+
+
+def reinforce_done(output: str, unit_id: int, digests: bool = True, made_by: dict | None = None) -> bool:
+    """unit_done for the unit's reinforce file: redone when it does not match its record or (made_by given)
+    was made by other teachers, views or seed."""
+    fs, out = fsutil.get_fs(output)
+    return _complete(fs, unit_paths(out, unit_id), "reinforce_done", ("reinforce",), "teacher embeddings",
+                     unit_id, digests, made_by)
+
+
+def read_reinforce(output: str, unit_id: int) -> pa.Table:
+    """A unit's reinforce table (uid, npz bytes, views JSON)."""
+    fs, out = fsutil.get_fs(output)
+    path = unit_paths(out, unit_id)["reinforce"]
+    try:
+        return pq.read_table(pa.BufferReader(fsutil.read_bytes(fs, path)))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ValueError(f"{path}: unreadable reinforce file ({e}); rerun the pipeline to redo it") from e
+
+
+def invalidate_reinforce(output: str, unit_id: int) -> None:
+    """Removes a unit's reinforce file (its record first): a redone or retried unit is reinforced again."""
+    fs, out = fsutil.get_fs(output)
+    paths = unit_paths(out, unit_id)
+    for key in ("reinforce_done", "reinforce"):
+        _delete(fs, paths[key])
 
 
 def invalidate_scores(output: str, unit_id: int) -> None:

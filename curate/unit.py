@@ -27,8 +27,8 @@ def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: boo
     text rules (caption_rule) -> prefetch urls (duplicate_url) -> language (lang) -> prefetch hashes
     (duplicate_prefetch) -> opt-out policies (robots:robots_txt, robots:tdmrep) -> download (robots,
     invalid_url, download_error, decode_error, too_small, bad_aspect) -> hashing (dedup on) -> scoring
-    (score=True: the unit's scores file).
-    A retry refetches: download and hashing only."""
+    (score=True: the unit's scores file) -> reinforce (reinforce on: the unit's teacher-embeddings file).
+    A retry refetches: download and hashing only (the driver reinforces retried units afterwards)."""
     from curate.dedup.hashing import HashingStage  # heavy imports stay inside the worker
     from curate.download import DownloadStage
     from curate.optout.stage import OptOutStage
@@ -41,6 +41,9 @@ def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: boo
         stages.append(HashingStage(cfg.dedup))
     if score:
         stages.append(ScoresFileStage(unit_id, cfg.output, cfg.clip))
+    if cfg.reinforce.enabled and not retry:
+        from curate.reinforce.teachers import ReinforceStage
+        stages.append(ReinforceStage(cfg.reinforce, cfg.seed, cfg.output, unit_id))
     return stages
 
 
@@ -168,6 +171,7 @@ def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, 
     t0, ph = time.time(), Phases()  # the unit's time breakdown, recorded in its stats as "timings"
     if cfg.clip.enabled:  # scores of an earlier, partial or corrupt attempt must not outlive the redo
         stage_io.invalidate_scores(cfg.output, unit_id)
+    stage_io.invalidate_reinforce(cfg.output, unit_id)  # likewise teacher embeddings, reinforce on or not
     with ph("read"):
         table = read_unit(cfg.output, unit_id)
     counted = StageStats()
@@ -196,6 +200,7 @@ def retry_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None) ->
     todo = _run_recipe(todo, phase_a_stages(cfg, unit_id, retry=True), counted)
     merged = _merge_retried(ledger, todo, old_images)
     stage_io.invalidate_scores(cfg.output, unit_id)
+    stage_io.invalidate_reinforce(cfg.output, unit_id)  # the driver's reinforce pass redoes it
     return _finish(merged, cfg.output, UnitStats(unit_id, stages=counted.as_dict(), extra=dict(extra_stats or {}),
                                                  retried_rows=todo.num_rows), t0)
 

@@ -1,6 +1,7 @@
 """Phase C: gathers kept images from stage tars into webdataset shards, writes metadata and manifest.json."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ class ShardTask:
     size: np.ndarray          # per sample: bytes
     ext: tuple[str, ...]      # per sample: image extension
     mix: dict                 # this shard's language/concept deviation (selection.shard_mix)
+    teachers: tuple[str, ...] = ()  # reinforce on: the teachers named in each KEY.json (KEY.npz from the stage)
 
 
 def write_outputs(output: str, ledger: pa.Table, cfg: RunConfig, inputs: list[dict], map_fn=None,
@@ -133,6 +135,7 @@ def _shard_tasks(output: str, kept: pa.Table, index: pa.Table, cfg: RunConfig, m
     bounds = np.flatnonzero(np.diff(shard)) + 1
     starts, ends = np.concatenate([[0], bounds]), np.concatenate([bounds, [len(shard)]])
     sw, _ = key_widths(kept.num_rows, cfg.shards.samples_per_shard)
+    teachers = tuple(cfg.reinforce.teachers) if cfg.reinforce.enabled else ()
     unit, off, size = (loc[c].to_numpy() for c in ("unit_id", "offset", "size"))
     ext = loc["ext"].to_pylist()
     tasks = []
@@ -140,7 +143,7 @@ def _shard_tasks(output: str, kept: pa.Table, index: pa.Table, cfg: RunConfig, m
         s = int(shard[a])
         rows = pa.array(np.arange(a, b))  # take copies: a pickled slice would carry the whole table to Ray
         tasks.append(ShardTask(output, s, f"{s:0{sw}d}", samples.take(rows), unit[a:b], off[a:b],
-                               size[a:b], tuple(ext[a:b]), mix["per_shard"].get(s, {})))
+                               size[a:b], tuple(ext[a:b]), mix["per_shard"].get(s, {}), teachers))
     return tasks
 
 
@@ -154,7 +157,8 @@ def write_shard(task: ShardTask) -> dict:
     lay = RunLayout(out)
     paths = lay.shard(task.name)
     with fsutil.atomic_stream(fs, paths.tar) as f:
-        n_bytes, sha256 = tario.write_tar(f, _shard_members(rows, images, task.ext))
+        n_bytes, sha256 = tario.write_tar(f, _shard_members(rows, images, task.ext, task.teachers,
+                                                            _reinforced(task) if task.teachers else {}))
     pq_bytes = stage_io.parquet_bytes(task.samples)
     fsutil.atomic_write(fs, paths.samples, pq_bytes)
     fsutil.atomic_write(fs, lay.sample_part(task.name), pq_bytes)
@@ -163,13 +167,37 @@ def write_shard(task: ShardTask) -> dict:
     return entry
 
 
-def _shard_members(rows: list[dict], images: list[bytes], exts: tuple[str, ...]):
-    """(name, bytes) of a shard's members, sample by sample: KEY.ext, KEY.json, KEY.txt."""
+def _shard_members(rows: list[dict], images: list[bytes], exts: tuple[str, ...], teachers: tuple[str, ...] = (),
+                   reinforced: dict | None = None):
+    """(name, bytes) of a shard's members, sample by sample: KEY.ext, KEY.json, KEY.txt; reinforce on
+    (teachers given), KEY.npz too and KEY.json's reinforce object (the teachers, the views' parameters)."""
     for row, img, ext in zip(rows, images, exts):
         key = row[COL.KEY]
         yield f"{key}.{ext}", img
-        yield f"{key}.json", _json(row)
+        if not teachers:
+            yield f"{key}.json", _json(row)
+        else:
+            npz, views = reinforced[row[COL.UID]]
+            yield f"{key}.json", _json({**row, "reinforce": {"teachers": list(teachers), "views": json.loads(views)}})
+            yield f"{key}.npz", npz
         yield f"{key}.txt", (row[COL.CAPTION] or "").encode("utf-8")
+
+
+def _reinforced(task: ShardTask) -> dict[str, tuple[bytes, str]]:
+    """{uid: (KEY.npz bytes, views JSON)} of the shard's samples, from their units' reinforce files; raises,
+    naming the shard, the sample and the file, when one lacks them."""
+    from curate.reinforce.store import NPZ, VIEWS
+
+    want, got = set(task.samples[COL.UID].to_pylist()), {}
+    for u in np.unique(task.unit):
+        t = stage_io.read_reinforce(task.output, int(u))
+        t = t.filter(pc.is_in(t[COL.UID], value_set=pa.array(sorted(want), pa.string())))
+        got.update(zip(t[COL.UID].to_pylist(), zip(t[NPZ].to_pylist(), t[VIEWS].to_pylist())))
+    missing = sorted(want - set(got))
+    if missing:
+        raise ValueError(f"write_outputs: shard {task.name}: sample {missing[0]} (and {len(missing) - 1} more) "
+                         f"has no teacher embeddings in its unit's stage reinforce file; rerun to compute them")
+    return got
 
 
 def _shard_stats(task: ShardTask, images: list[bytes]) -> dict:

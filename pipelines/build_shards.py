@@ -25,8 +25,9 @@ from pipelines.progress import Progress, RunTimes
 # scores another scorer made (stage_io.scores_done) and selects again: the bootstrap recipe (build without
 # CLIP, train a scorer on the kept set, rebuild with it) fetches nothing twice.
 RESUME_NEUTRAL = ("overwrite", "progress", "num_cpus", "ray_address", "max_units_in_flight",
-                  "download.retry_failed", "download.threads", "seed", "clip", "balance", "shards",
-                  "dedup.k", "dedup.max_bucket", "dedup.spread_min", "dedup.eval_hashes")
+                  "download.retry_failed", "download.threads", "seed", "clip", "reinforce", "balance", "shards",
+                  "dedup.k", "dedup.max_bucket", "dedup.spread_min", "dedup.eval_hashes", "dedup.semantic",
+                  "dedup.semantic_eps", "dedup.semantic_clusters")
 
 
 class RunError(RuntimeError):
@@ -166,6 +167,10 @@ def check_dependencies(cfg: RunConfig) -> ClipCheck | None:
     if cfg.language.enabled:
         from curate.language import check_backend
         check_backend(cfg.language)
+    if cfg.reinforce.enabled:  # each teacher loads in a child process too, awaited now: reinforce is opt-in
+        from curate.reinforce.identity import parse_teacher
+        for check in [ClipCheck(*parse_teacher(t)) for t in cfg.reinforce.teachers]:
+            check.wait()
     return ClipCheck(cfg.clip.model, cfg.clip.pretrained) if cfg.clip.enabled else None
 
 
@@ -259,6 +264,24 @@ def phase_scoring(cfg: RunConfig, units: list) -> None:
     print(f"phase A (scoring): {res} in {time.time() - t0:.1f} s", file=sys.stderr)
 
 
+def _reinforce_unit_task(args):
+    """Ray task body: one completed unit's teacher embeddings (curate.reinforce.teachers.reinforce_unit)."""
+    from curate.reinforce.teachers import reinforce_unit
+    unit_id, cfg = args
+    return reinforce_unit(cfg.output, unit_id, cfg.reinforce, cfg.seed)
+
+
+def phase_reinforce(cfg: RunConfig, units: list) -> None:
+    """Teacher embeddings of the completed units that lack them: phase A writes them inside each unit task,
+    so this does the units of an output that reinforce was turned on for, or whose failures were retried."""
+    from curate.parallel import parallel_map
+    from curate.reinforce.identity import pending_units
+    t0 = time.time()
+    todo = pending_units(cfg.output, [u.unit_id for u in units], cfg.reinforce, cfg.seed)
+    rows = parallel_map(_reinforce_unit_task, [(u, cfg) for u in todo], num_cpus=1) if todo else []
+    print(f"phase A (reinforce): {len(todo)} units, {sum(rows)} rows in {time.time() - t0:.1f} s", file=sys.stderr)
+
+
 def run(cfg: RunConfig) -> dict:
     """Runs (or resumes) the whole job; returns the manifest."""
     from curate.inputs.plan import plan_units
@@ -299,6 +322,9 @@ def run(cfg: RunConfig) -> dict:
             phase_a(cfg, units, times)
         with times.run("scoring_pass"):
             phase_scoring(cfg, units)
+        if cfg.reinforce.enabled:
+            with times.run("reinforce_pass"):
+                phase_reinforce(cfg, units)
         publish_hosts(cfg)  # metadata/optout_hosts.parquet, which the manifest counts
         manifest = phase_b_c(cfg, units, times.run)
         with times.run("ray_teardown"):

@@ -48,7 +48,7 @@ def _join_scores(ledger: pa.Table, scores: pa.Table) -> pa.Table:
 
 
 def dedup_drops(cfg: RunConfig, ledger: pa.Table) -> pa.Table | None:
-    """(uid, status, reason) of exact and near duplicates among rows still ok."""
+    """(uid, status, reason) of exact and near duplicates among rows still ok (and semantic ones, when on)."""
     if not cfg.dedup.enabled:
         return None
     from curate.dedup import find_duplicates
@@ -61,7 +61,21 @@ def dedup_drops(cfg: RunConfig, ledger: pa.Table) -> pa.Table | None:
     drops = find_duplicates(meta, cfg.dedup, pair_search=ray_pairs if spread else None)
     print(f"phase B: dedup over {meta.num_rows} images -> {drops.num_rows} dropped "
           f"in {time.time() - t0:.1f} s{' (Ray Data job over the cluster)' if spread else ''}", file=sys.stderr)
+    if cfg.dedup.semantic:
+        drops = pa.concat_tables([drops, semantic_drops(cfg, ledger, drops)])
     return drops
+
+
+def semantic_drops(cfg: RunConfig, ledger: pa.Table, drops: pa.Table) -> pa.Table:
+    """(uid, status, reason) of semantic duplicates among the ok rows that pHash dedup's `drops` left."""
+    from curate.dedup.semantic import semantic_drops as find
+
+    ok = ledger.filter(ok_mask(ledger)).select([COL.UID, COL.UNIT_ID, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT])
+    t0 = time.time()
+    out = find(cfg.output, ok, drops, cfg.dedup, cfg.seed)
+    print(f"phase B: semantic dedup (eps {cfg.dedup.semantic_eps}) over {ok.num_rows - drops.num_rows} images "
+          f"-> {out.num_rows} dropped in {time.time() - t0:.1f} s", file=sys.stderr)
+    return out
 
 
 def _nodes() -> int:

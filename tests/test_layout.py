@@ -48,7 +48,9 @@ def test_unit_paths_keep_the_stage_io_keys():
     assert paths == {"tar": "/o/stage/000012.tar", "ledger": "/o/stage/000012.parquet",
                      "stats": "/o/stage/000012_stats.json", "scores": "/o/stage/000012.scores.parquet",
                      "embeddings": "/o/stage/000012.emb.parquet", "done": "/o/stage/000012.done.json",
-                     "scores_done": "/o/stage/000012.scores.done.json"}
+                     "scores_done": "/o/stage/000012.scores.done.json",
+                     "reinforce": "/o/stage/000012.reinforce.parquet",
+                     "reinforce_done": "/o/stage/000012.reinforce.done.json"}
     assert unit_name(12) == "000012" and unit_name(1234567) == "1234567"
 
 

@@ -21,7 +21,9 @@ class TrainConfig:
     eval_samples: int = 2_000            # cap on held-out samples read per evaluation
     output: str = "train_output"         # local folder: checkpoints/, metrics.csv, config.yaml, tensorboard/
     model: str = "ViT-B-32"              # open_clip name, or a model config JSON file (its stem becomes the name)
-    loss: str = "clip"                   # clip (InfoNCE) | siglip (sigmoid)
+    loss: str = "clip"                   # clip (InfoNCE) | siglip (sigmoid) | clip+distill | siglip+distill (reinforced shards)
+    distill_weight: float = 1.0          # +distill: loss = contrastive + distill_weight x KL(teachers || student)
+    distill_temperature: float = 0.0     # +distill: teacher softmax temperature; 0 = 1 / the stored teacher scale (100 if none)
     batch_size: int = 256                # samples per rank per micro-batch
     accum_steps: int = 1                 # micro-batches per optimizer step
     steps: int = 0                       # optimizer steps; 0 = epochs x num_samples / global batch
@@ -52,7 +54,7 @@ class TrainConfig:
     ray_workers: int = 1                 # Ray Train workers (processes) when ray is true
 
 
-CHOICES = {"loss": ("clip", "siglip"), "precision": ("auto", "fp32", "bf16", "fp16"),
+CHOICES = {"loss": ("clip", "siglip", "clip+distill", "siglip+distill"), "precision": ("auto", "fp32", "bf16", "fp16"),
            "device": ("auto", "cpu", "cuda")}
 
 
@@ -68,6 +70,9 @@ def check(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)}")
     for key in ("steps", "warmup", "workers", "threads", "shuffle_buffer", "num_samples", "eval_every",
                 "save_every", "keep_checkpoints"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
+    for key in ("distill_weight", "distill_temperature"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
     if cfg.steps == 0 and cfg.epochs <= 0:

@@ -1,5 +1,6 @@
 """Webdataset shards (local or s3://) as a stream of batches: shard shuffling, rank/worker split, sample
-shuffle buffer, resampling, per-sample seeded augmentation (exact resume), corrupt samples skipped and counted."""
+shuffle buffer, resampling, per-sample seeded augmentation (exact resume), corrupt samples skipped and counted;
+for distillation, each sample's stored view reapplied and its teachers' embeddings collated."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ from curate import fsutil, tario
 from curate.config import ImageConfig
 from curate.imageproc import open_image
 from curate.layout import NAMES, RunLayout
+from curate.reinforce import apply_view
+from curate.train import reinforced
 
 log = logging.getLogger("curate.train")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -134,10 +137,11 @@ class StreamSpec:
     class_index: dict = field(default_factory=dict)  # class name -> label, for string labels
     max_samples: int = 0           # eval: stop after this many samples (0 = all)
     num_workers: int = 1           # the DataLoader's workers (round-robin batch order)
+    distill: bool = False          # reinforced shards: reapply a stored view, collate its teacher embeddings
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """Yields ready batches: {'images', 'texts', 'labels'?, 'skipped', 'consumer'}."""
+    """Yields ready batches: {'images', 'texts', 'labels'?, 'teachers'?, 'skipped', 'consumer'}."""
 
     def __init__(self, spec: StreamSpec):
         super().__init__()
@@ -180,6 +184,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         for url, stride, offset in self._shard_order(cid, n_consumers):
             for i, raw in enumerate(iter_tar_samples(url, warn)):
                 if i % stride == offset:
+                    raw["__url__"] = url  # webdataset's name for it: errors name the shard
                     yield raw
 
     def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
@@ -216,12 +221,13 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _batches(self, raw, cid, to_skip, warn, state):
         s = self.spec
-        images, texts, labels = [], [], []
+        images, texts, labels, teachers = [], [], [], []
         n_seen = n_batches = 0
         for sample in raw:
             try:
                 img, caption, meta = decode_sample(sample)
                 label = self._label(meta) if s.label_key else None
+                teach = reinforced.read_teachers(sample, meta) if s.distill else None
             except ValueError as e:
                 warn(f"{sample.get('__key__')}: {e}")
                 continue
@@ -230,17 +236,22 @@ class ShardStream(torch.utils.data.IterableDataset):
                 if n_seen % s.batch_size == 0:
                     n_batches += 1
                 continue
+            if teach is not None:  # the student sees exactly the view whose teacher embeddings were stored
+                state["teachers"] = reinforced.check_same_teachers(teach, state.get("teachers"), sample)
+                view = reinforced.pick_view(s.seed, cid, n_seen, len(teach.views))
+                img = apply_view(img, teach.views[view])
+                teachers.append((teach, view))
             images.append(self._augment(img, cid, n_seen))
             texts.append(caption)
             labels.append(label)
             if len(images) == s.batch_size:
                 n_batches += 1
-                yield self._collate(images, texts, labels, state, cid)
-                images, texts, labels = [], [], []
+                yield self._collate(images, texts, labels, state, cid, teachers)
+                images, texts, labels, teachers = [], [], [], []
             if s.max_samples and n_seen >= s.max_samples:
                 break
         if images and not s.infinite:
-            yield self._collate(images, texts, labels, state, cid)
+            yield self._collate(images, texts, labels, state, cid, teachers)
 
     def _label(self, meta: dict) -> int:
         v = meta.get(self.spec.label_key)
@@ -264,11 +275,13 @@ class ShardStream(torch.utils.data.IterableDataset):
             gen.manual_seed(seed)
             return self.spec.transform(img)
 
-    def _collate(self, images, texts, labels, state, cid) -> dict:
+    def _collate(self, images, texts, labels, state, cid, teachers) -> dict:
         batch = {"images": torch.stack(images), "texts": self.spec.tokenizer(texts),
                  "skipped": state["skipped"], "consumer": cid}
         if self.spec.label_key:
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if teachers:
+            batch["teachers"] = reinforced.collate_teachers(teachers)
         return batch
 
 

@@ -51,9 +51,11 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 class Stepper:
     """Holds model, optimizer, schedule and scaler; `step(micro_batches)` does one optimizer step."""
 
-    def __init__(self, model, opt, sched: optim.WarmupCosine, rt: Runtime, loss: str, grad_clip: float):
+    def __init__(self, model, opt, sched: optim.WarmupCosine, rt: Runtime, loss: str, grad_clip: float,
+                 distill_weight: float = 1.0, distill_temperature: float = 0.0):
         self.model, self.opt, self.sched, self.rt = model, opt, sched, rt
-        self.loss_name, self.loss_fn, self.grad_clip = loss, losses.LOSSES[loss], grad_clip
+        self.loss_name, self.grad_clip = loss, grad_clip
+        self.loss_fn = losses.Objective(loss, distill_weight, distill_temperature)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
         self.inner = model.module if hasattr(model, "module") else model
         self.inner = getattr(self.inner, "_orig_mod", self.inner)
@@ -61,10 +63,10 @@ class Stepper:
     def _micro(self, batch: dict, scale: float) -> torch.Tensor:
         images = batch["images"].to(self.rt.device, non_blocking=True)
         texts = batch["texts"].to(self.rt.device, non_blocking=True)
+        teachers = _to_device(batch.get("teachers"), self.rt.device)
         with self.rt.autocast():
             out = self.model(images, texts)
-            loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
-                                out.get("logit_bias"))
+            loss = self.loss_fn(out, teachers)
         self.scaler.scale(loss * scale).backward()
         return loss.detach()
 
@@ -101,6 +103,14 @@ class Stepper:
         self.sched.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _to_device(teachers: dict | None, device: torch.device) -> dict | None:
+    """A batch's teacher embeddings ({'image': [...], 'text': [...], 'scale'}) on `device`."""
+    if teachers is None:
+        return None
+    return {"image": [t.to(device, non_blocking=True) for t in teachers["image"]],
+            "text": [t.to(device, non_blocking=True) for t in teachers["text"]], "scale": teachers["scale"].to(device)}
 
 
 def reduce_mean(values: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from curate.train.config import TrainConfig, read_list, save_config
 from curate.train.data import SkipCounter, StreamSpec, make_loader, resolve_shards
 from curate.train.engine import Runtime, Stepper, reduce_mean, setup_runtime
 from curate.train.logs import MetricsLog, progress_line
+from curate.train.losses import is_distill
 
 log = logging.getLogger("curate.train")
 
@@ -40,7 +41,7 @@ def build_stepper(cfg: TrainConfig, rt: Runtime, steps: int):
         net = torch.compile(net)
     opt = optim.make_optimizer(built.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     sched = optim.WarmupCosine(opt, cfg.lr, cfg.warmup, steps, cfg.lr_end)
-    return Stepper(net, opt, sched, rt, cfg.loss, cfg.grad_clip), built
+    return Stepper(net, opt, sched, rt, cfg.loss, cfg.grad_clip, cfg.distill_weight, cfg.distill_temperature), built
 
 
 def gather_rng() -> list[dict]:
@@ -103,10 +104,11 @@ def train(cfg: TrainConfig, rt: Runtime | None = None) -> dict:
     if rt.is_main:
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
         save_config(cfg, cfg.output)
-    spec = StreamSpec(urls=urls, transform=built.train_transform, tokenizer=built.tokenizer,
-                      batch_size=cfg.batch_size, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size,
-                      shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled,
-                      start_batch=start * cfg.accum_steps)
+    distill = is_distill(cfg.loss)  # the stored view is the augmentation: then only resize + centre crop
+    spec = StreamSpec(urls=urls, transform=built.eval_transform if distill else built.train_transform,
+                      tokenizer=built.tokenizer, batch_size=cfg.batch_size, seed=cfg.seed, rank=rt.rank,
+                      world_size=rt.world_size, shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled,
+                      start_batch=start * cfg.accum_steps, distill=distill)
     loader = make_loader(spec, cfg.workers, pin_memory=rt.device.type == "cuda")
     return _loop(cfg, rt, stepper, built, loader, start, steps)
 

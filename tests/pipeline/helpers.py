@@ -88,8 +88,8 @@ def assert_duplicate_rule(out: Path) -> int:
     representative <uid>: duplicate_of:<uid> within dedup.k on the configured hash; low_detail:duplicate_of:<uid>
     the same and the second hash within dedup.low_detail_k (or, lacking one, the same first hash);
     second_hash:duplicate_of:<uid> the second hash within dedup.second_k and the first within dedup.loose_k. And
-    <uid> is a row of the run that no dedup decision dropped (a later global filter may have). Returns the number
-    of rows checked."""
+    <uid> is a row of the run that no dedup decision dropped (a later global filter may have). Semantic dedup's
+    duplicate:semantic_of:<uid> rows are checked by assert_semantic_rule. Returns the number of rows checked."""
     from curate.dedup.cluster import hash_columns
 
     cfg = load_config(str(out / "config.yaml")).dedup
@@ -114,7 +114,41 @@ def assert_duplicate_rule(out: Path) -> int:
         if m["how"] == "second_hash:":
             assert dist(second) <= cfg.second_k, f"{where}: {dist(second)} bits on {second}, second_k={cfg.second_k}"
         checked += 1
-    return checked
+    return checked + assert_semantic_rule(out)
+
+
+# the semantic dedup reason of curate/dedup/semantic.py
+SEMANTIC_REASON = re.compile(r"duplicate:semantic_of:(?P<rep>.+)")
+EMB_TOL = 1e-5  # float32 rounding of the cosine (curate/dedup/semantic.py compares with TOL = 1e-6)
+
+
+def assert_semantic_rule(out: Path) -> int:
+    """The semantic dedup rule on a finished run: every duplicate:semantic_of:<uid> row's stored image embedding
+    (stage/*.emb.parquet) is within dedup.semantic_eps (cosine distance) of <uid>'s, and <uid> is a row of the run
+    that no dedup decision dropped. Returns the number of rows checked."""
+    import numpy as np
+
+    from curate.clip.scorer import IMAGE_EMB
+
+    rows = pq.read_table(out / "metadata" / "ledger", columns=[COL.UID, COL.STATUS, COL.REASON]).to_pylist()
+    by_uid = {r[COL.UID]: r for r in rows}
+    pairs = [(r, m["rep"]) for r in rows if (m := SEMANTIC_REASON.fullmatch(r[COL.REASON] or ""))]
+    if not pairs:
+        return 0
+    eps = load_config(str(out / "config.yaml")).dedup.semantic_eps
+    emb = {}
+    for path in sorted((out / "stage").glob("*.emb.parquet")):
+        t = pq.read_table(path, columns=[COL.UID, IMAGE_EMB]).to_pylist()
+        emb.update((e[COL.UID], np.asarray(e[IMAGE_EMB], np.float32)) for e in t)
+    for r, rep_uid in pairs:
+        rep, where = by_uid.get(rep_uid), f"{out}: row {r[COL.UID]} ({r[COL.REASON]})"
+        assert rep is not None, f"{where}: its representative is not a row of the run"
+        assert rep[COL.STATUS] not in (Status.DUPLICATE, Status.EVAL_OVERLAP, Status.OK), \
+            f"{where}: its representative was dropped as {rep[COL.REASON]}"
+        a, b = emb[r[COL.UID]], emb[rep_uid]
+        dist = 1 - float(a @ b) / float(np.linalg.norm(a) * np.linalg.norm(b))
+        assert dist <= eps + EMB_TOL, f"{where}: cosine distance {dist:.6f} from its representative, eps {eps}"
+    return len(pairs)
 
 
 def _hash_bits(a: dict, b: dict, col: str) -> int:
