@@ -513,15 +513,17 @@ class Fetcher:
             return FetchResult(Status.DOWNLOAD_ERROR, "too_large", f"body over {self.dl.max_bytes} bytes", **base)
         return FetchResult(Status.OK, None, None, body=body, **base)
 
-    def _read_capped(self, resp, deadline: float) -> bytes | None:
-        """Streams the (decoded) body; None when it passes max_bytes; raises TimeoutError past the deadline
-        (a silent or dripping server is cut by the watchdog; the check here ends a steady one early)."""
-        chunks, n, complete = [], 0, False
+    def _read_capped(self, resp, deadline: float, cut: bool = False) -> bytes | None:
+        """Streams the (decoded) body; past max_bytes: None, or with `cut` its first max_bytes bytes (a policy
+        file is read up to the cap and parsed). Raises TimeoutError past the deadline (a silent or dripping
+        server is cut by the watchdog; the check here ends a steady one early)."""
+        cap, chunks, n, complete = self.dl.max_bytes, [], 0, False
+        limit = cap if cut else cap + 1  # without `cut`, one byte past the cap proves the body too large
         try:
-            while n <= self.dl.max_bytes:
+            while n < limit:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"deadline of {self.dl.deadline:g} s passed while reading the body")
-                data = resp.read1(READ_CHUNK)  # returns what has arrived; decoded output is capped at READ_CHUNK
+                data = resp.read1(min(READ_CHUNK, limit - n))  # what has arrived; decoded output capped too
                 if not data:
                     complete = True
                     break
@@ -532,7 +534,7 @@ class Fetcher:
             if not complete:  # unread bytes left on the socket: it cannot go back to the pool
                 resp.close()
             resp.release_conn()
-        return b"".join(chunks) if complete else None
+        return b"".join(chunks) if complete or cut else None
 
     def _discard(self, resp) -> None:
         """Frees the connection without ever decoding the body (a 600-byte gzip-of-gzip error body inflates to

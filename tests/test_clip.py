@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import time
 
 import numpy as np
@@ -198,6 +199,23 @@ def test_checkpoint_dir_loads_by_path(tiny, tmp_path):
     cfg = ClipConfig(model="ViT-B-32", pretrained=str(ckpt), device="cpu")
     got = score_table(_table(IMAGES, CAPTIONS), cfg)[COL.CLIP_SCORE].to_numpy()
     np.testing.assert_allclose(got, _reference(tiny, IMAGES, CAPTIONS), atol=1e-4)
+
+
+def test_transforms_of_a_checkpoint_do_not_claim_random_weights(tiny, tmp_path, caplog):
+    """The CPU preprocessing tasks build the model on the meta device without weights; open_clip's "initialized
+    randomly" line is not logged for that, but still is for a model that really has no weights."""
+    from curate.clip.model import load_transforms
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
+    save_file({k: v.contiguous() for k, v in tiny[2].state_dict().items()}, str(ckpt / "open_clip_model.safetensors"))
+    with caplog.at_level(logging.INFO):
+        load_transforms("ViT-B-32", str(ckpt))
+        load_clip("ViT-B-32", str(ckpt))
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    with caplog.at_level(logging.INFO):
+        load_clip(str(tiny[0]), "")
+    assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]
 
 
 def test_clear_errors(tiny, tmp_path):

@@ -3,15 +3,14 @@ global batch, step after step (so the gathered-with-gradient features also give 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.torchrun import REPO, finish_rank, run_two_ranks
+
 GLOBAL_BATCH, STEPS = 8, 3
 
 
@@ -58,16 +57,11 @@ def _worker(out_path: str) -> None:
     found = {loss: _losses(loss, Path(out_path).parent) for loss in ("clip", "siglip")}
     if torch.distributed.get_rank() == 0:
         Path(out_path).write_text(json.dumps(found))
-    torch.distributed.destroy_process_group()
+    finish_rank()
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__,
-           str(tmp_path / "two.json")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads((tmp_path / "two.json").read_text())
+    two = run_two_ranks(__file__, tmp_path / "two.json")
     for loss in ("clip", "siglip"):
         one = _losses(loss, tmp_path)  # this process: world size 1, the whole global batch
         assert len(set(one)) == STEPS  # every step sees new data and updated weights

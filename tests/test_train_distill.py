@@ -20,6 +20,7 @@ from curate.train.losses import Objective, clip_loss, distill_loss, init_kwargs,
 from curate.train.reinforced import NotReinforcedError
 from tests.shards import write_webdataset
 from tests.test_train_data import jpeg, write_tiny_model
+from tests.torchrun import finish_rank, run_two_ranks
 
 torch.set_num_threads(2)
 
@@ -221,31 +222,11 @@ def _dist_worker(out_path: str) -> None:
     mean = reduce_mean(loss.detach()).item()
     if rt.rank == 0:
         Path(out_path).write_text(json.dumps({"loss": mean, "grad": student.grad.tolist()}))
-    torch.distributed.barrier()  # no rank tears gloo down while the other still has collectives in flight
-    torch.distributed.destroy_process_group()
-    # Exit without running C++ static destructors: one of them (not curate's code) aborted now and then
-    # with "terminate called without an active exception" after the result above was written.
-    import os
-    import sys
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    finish_rank()
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__,
-           str(tmp_path / "two.json")]
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=repo)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads((tmp_path / "two.json").read_text())
+    two = run_two_ranks(__file__, tmp_path / "two.json")
     img, txt, t_img, t_txt, t2_img, t2_txt = (_unit(8, 6, s) for s in range(6))
     student = img.clone().requires_grad_(True)
     one = distill_loss(student, txt, torch.tensor(20.0), _teachers([t_img, t2_img], [t_txt, t2_txt]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -209,12 +210,26 @@ def _mismatch_summary(r: Resolved, limit: int = 3) -> str:
     return "; ".join(parts) or "keys and shapes match"
 
 
+class _TransformsOnly(logging.Filter):
+    """A transforms-only creation (load_weights=False) makes open_clip log "No pretrained weights loaded ...
+    Model initialized randomly": true of that throwaway meta model, but read in a run's log as if the scorer
+    had no weights. Dropped while such a model is made."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 def _create(r: Resolved, model: str, pretrained: str, device: str, meta: bool = False):
     kwargs = dict(device="meta" if meta else device, load_weights=not meta, **_factory_kwargs(r))
     try:
         if meta:
-            with torch.device("meta"):
-                return open_clip.create_model_and_transforms(r.name, pretrained=r.weights, **kwargs)
+            quiet = _TransformsOnly()
+            logging.getLogger().addFilter(quiet)  # open_clip logs through the root logger
+            try:
+                with torch.device("meta"):
+                    return open_clip.create_model_and_transforms(r.name, pretrained=r.weights, **kwargs)
+            finally:
+                logging.getLogger().removeFilter(quiet)
         return open_clip.create_model_and_transforms(r.name, pretrained=r.weights, **kwargs)
     except RuntimeError as e:
         if "state_dict" not in str(e):

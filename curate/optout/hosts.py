@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from curate.config import DownloadConfig
-from curate.fetch import READ_CHUNK, Fetcher, FetchResult
+from curate.fetch import Fetcher, FetchResult
 from curate.optout import robots as robots_txt
 from curate.optout import tdmrep as tdm
 from curate.schema import Status, conform, table_schema
@@ -59,27 +58,7 @@ class _PolicyFetcher(Fetcher):
         if not 200 <= resp.status < 300:
             self._discard(resp)
             return FetchResult(Status.DOWNLOAD_ERROR, f"http_{resp.status}", resp.reason, **base)
-        return FetchResult(Status.OK, body=self._read_prefix(resp, deadline), **base)
-
-    def _read_prefix(self, resp, deadline: float) -> bytes:
-        """The first max_bytes bytes of the (decoded) body; raises TimeoutError past the deadline."""
-        cap, chunks, n, complete = self.dl.max_bytes, [], 0, False
-        try:
-            while n < cap:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"deadline of {self.dl.deadline:g} s passed while reading the policy")
-                data = resp.read1(min(READ_CHUNK, cap - n))
-                if not data:
-                    complete = True
-                    break
-                n += len(data)
-                chunks.append(data)
-        finally:
-            self.watchdog.detach()   # before the connection can serve another fetch
-            if not complete:         # the rest of a long file is left unread: the connection cannot be reused
-                resp.close()
-            resp.release_conn()
-        return b"".join(chunks)[:cap]
+        return FetchResult(Status.OK, body=self._read_capped(resp, deadline, cut=True), **base)
 
 
 def policy_config(dl: DownloadConfig) -> DownloadConfig:
@@ -216,29 +195,34 @@ class HostPolicies:
         return out
 
 
+def _policy_for(url: str, policies: HostPolicies, signal: str):
+    """(the origin's parsed policy or its outcome string, the URL's path and query); (None, None) when the URL
+    is invalid or its origin has no row for `signal`."""
+    split = split_url(url)
+    return (policies.get(split[0], signal), split[1]) if split else (None, None)
+
+
 def robots_decision(url: str, policies: HostPolicies, agents: tuple[str, ...]) -> str | None:
     """"allow" | "disallow" | "unreachable" (robots.txt 5xx/timeout/error: disallow all, RFC 9309) for a row
     URL; None when its origin has no robots.txt row (signal off, or not fetched) or the URL is invalid."""
-    split = split_url(url)
-    pol = policies.get(split[0], ROBOTS_TXT) if split else None
+    pol, path = _policy_for(url, policies, ROBOTS_TXT)
     if pol is None:
         return None
     if isinstance(pol, str):
         return "allow" if pol == ALLOW_ALL else "unreachable"
-    return "allow" if pol.allowed(split[1], agents) else "disallow"
+    return "allow" if pol.allowed(path, agents) else "disallow"
 
 
 def tdmrep_decision(url: str, policies: HostPolicies, accepted) -> str | None:
     """"allow" | "disallow" for a row URL: disallow when the first matching tdmrep.json rule reserves TDM rights
     and its tdm-policy is not in `accepted`, or when the file was unreachable (5xx, timeout: like robots.txt,
     a reservation that cannot be read is not assumed absent). None when the origin has no tdmrep row."""
-    split = split_url(url)
-    pol = policies.get(split[0], TDMREP) if split else None
+    pol, path = _policy_for(url, policies, TDMREP)
     if pol is None:
         return None
     if isinstance(pol, str):
         return "allow" if pol == ALLOW_ALL else "disallow"
-    reserved, policy = pol.reserved(split[1])
+    reserved, policy = pol.reserved(path)
     return "disallow" if reserved and (policy is None or policy not in accepted) else "allow"
 
 

@@ -360,6 +360,20 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
+def serve_pool(ctx: dict, srv, urls: Path) -> None:
+    """Puts the pool's files on the running server and its URL list in `urls`; ctx gains urls, base_url,
+    build_args (the settings a user would pick: English, 2 CPUs) and mismatch (url -> planted mismatch)."""
+    args = ctx["args"]
+    for path, body in ctx["files"].items():
+        srv.add(path, body)
+    pq.write_table(pa.table({"url": [srv.url(r.path) for r in ctx["rows"]],
+                             "caption": [r.caption for r in ctx["rows"]]}), urls)
+    ctx.update(urls=urls, base_url=srv.base_url, mismatch={srv.url(r.path): r.mismatch for r in ctx["rows"]},
+               build_args=["--allow-private-networks", "--languages", "en", "--unit-size", str(args.unit_size),
+                           "--num-cpus", "2", "--no-progress", "--samples-per-shard", "1000",
+                           "--seed", str(args.seed)])
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     from tests.fault_server import ImageServer
@@ -367,17 +381,9 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="curate-bench-quality-"))
     ctx = {"args": args, **prepare(work, args)}
-    urls = work / "urls.parquet"
-    build_args = ["--allow-private-networks", "--languages", "en", "--unit-size", str(args.unit_size),
-                  "--num-cpus", "2", "--no-progress", "--samples-per-shard", "1000", "--seed", str(args.seed)]
     try:
         with ImageServer() as srv:
-            for path, body in ctx["files"].items():
-                srv.add(path, body)
-            pq.write_table(pa.table({"url": [srv.url(r.path) for r in ctx["rows"]],
-                                     "caption": [r.caption for r in ctx["rows"]]}), urls)
-            ctx.update(urls=urls, base_url=srv.base_url, build_args=build_args,
-                       mismatch={srv.url(r.path): r.mismatch for r in ctx["rows"]})
+            serve_pool(ctx, srv, work / "urls.parquet")
             curated, rounds = bootstrap(ctx, args.rounds)
         training = compare_training(ctx, training_sets(ctx, curated))
     finally:
@@ -385,7 +391,7 @@ def main(argv=None) -> dict:
             print(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    result = summarise(args, ctx, rounds, training, build_args, time.perf_counter() - t_start)
+    result = summarise(args, ctx, rounds, training, ctx["build_args"], time.perf_counter() - t_start)
     write_result("quality", result)
     return result
 

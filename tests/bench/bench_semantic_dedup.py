@@ -130,16 +130,9 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="curate-bench-semdedup-"))
     ctx = {"args": args, **bq.prepare(work, args)}
-    ctx["urls"] = work / "urls.parquet"
-    ctx["build_args"] = ["--allow-private-networks", "--languages", "en", "--unit-size", str(args.unit_size),
-                         "--num-cpus", "2", "--no-progress", "--samples-per-shard", "1000", "--seed", str(args.seed)]
     try:
         with ImageServer() as srv:
-            for path, body in ctx["files"].items():
-                srv.add(path, body)
-            pq.write_table(pa.table({"url": [srv.url(r.path) for r in ctx["rows"]],
-                                     "caption": [r.caption for r in ctx["rows"]]}), ctx["urls"])
-            ctx.update(base_url=srv.base_url, mismatch={srv.url(r.path): r.mismatch for r in ctx["rows"]})
+            bq.serve_pool(ctx, srv, work / "urls.parquet")
             out, boot = bootstrap_round(ctx, args)
             rows = sweep(out, ctx, args.seed)
             eps = args.eps if args.eps is not None else choose_eps(rows)

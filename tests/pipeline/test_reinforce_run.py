@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import subprocess
-import sys
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -83,21 +79,7 @@ def test_reinforce_a_finished_run_then_a_fresh_one_gives_the_same_shards(runs):
 
 
 def test_open_clip_train_ignores_the_npz(runs, tmp_path):
-    from tests.test_writer import SITECUSTOMIZE, TINY_MODEL
+    from tests.test_writer import run_open_clip_train
     out = runs[0]
     assert "npz" in _samples(out)[0]
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "open_clip_config.json").write_text(json.dumps(TINY_MODEL))
-    n = len(json.loads((out / "manifest.json").read_text())["shards"])
-    cmd = [sys.executable, "-m", "open_clip_train.main", "--dataset-type", "webdataset",
-           "--train-data", f"{out}/shards/{{00000..{n - 1:05d}}}.tar", "--train-num-samples", "8",
-           "--model", f"local-dir:{tmp_path / 'model'}", "--batch-size", "4", "--epochs", "1", "--workers", "0",
-           "--device", "cpu", "--lr", "1e-3", "--warmup", "1", "--logs", str(tmp_path / "logs"),
-           "--name", "t", "--save-frequency", "0", "--log-every-n-steps", "1", "--seed", "0"]
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
-    assert re.search(r"Train Epoch: 0 \[\s*8/8 \(100%\)\]", log), log[-2000:]
+    run_open_clip_train(out, len(json.loads((out / "manifest.json").read_text())["shards"]), tmp_path)
