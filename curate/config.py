@@ -139,7 +139,7 @@ class ClipConfig:
     threshold: float | None = None       # absolute cosine threshold (LAION: 0.28 for ViT-B/32)
     keep_top_fraction: float | None = None  # or keep this top fraction over the run (DataComp: 0.3)
     num_actors: int = 0                  # 0 = one per GPU, or one per core (up to 8) on a CPU-only cluster
-    cpu_in_units: bool = True            # no GPU in the cluster: score inside the download tasks (no second pass)
+    cpu_in_units: bool = True            # no GPU in the cluster: score (and reinforce) in the download tasks, no 2nd pass
     draft_decode: bool = True            # JPEGs >= 2x the model's input size decode at a reduced scale (faster)
 
 

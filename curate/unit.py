@@ -22,13 +22,15 @@ SCORE_SLICE_BATCHES = 4  # clip.batch_size batches per in-unit scoring slice: on
 HEAP_HEAVY = ("download", "hashing")  # stages after which the worker's freed heap goes back to the OS
 
 
-def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: bool = False) -> list[Stage]:
+def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: bool = False,
+                   teach: bool = False) -> list[Stage]:
     """Phase A's recipe, in order (the statuses each stage sets; a row keeps its first reason):
     text rules (caption_rule) -> prefetch urls (duplicate_url) -> language (lang) -> prefetch hashes
     (duplicate_prefetch) -> opt-out policies (robots:robots_txt, robots:tdmrep) -> download (robots,
     invalid_url, download_error, decode_error, too_small, bad_aspect) -> hashing (dedup on) -> scoring
-    (score=True: the unit's scores file) -> reinforce (reinforce on: the unit's teacher-embeddings file).
-    A retry refetches: download and hashing only (the driver reinforces retried units afterwards)."""
+    (score=True: the unit's scores file) -> reinforce (reinforce on and teach=True: the unit's
+    teacher-embeddings file; the driver asks for both on CPU-only clusters, else the scoring pass's actors
+    do them). A retry refetches: download and hashing only (the driver reinforces retried units afterwards)."""
     from curate.dedup.hashing import HashingStage  # heavy imports stay inside the worker
     from curate.download import DownloadStage
     from curate.optout.stage import OptOutStage
@@ -41,7 +43,7 @@ def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: boo
         stages.append(HashingStage(cfg.dedup))
     if score:
         stages.append(ScoresFileStage(unit_id, cfg.output, cfg.clip))
-    if cfg.reinforce.enabled and not retry:
+    if cfg.reinforce.enabled and teach and not retry:
         from curate.reinforce.teachers import ReinforceStage
         stages.append(ReinforceStage(cfg.reinforce, cfg.seed, cfg.output, unit_id))
     return stages
@@ -158,13 +160,15 @@ def _finish(table: pa.Table, output: str, stats: UnitStats, t0: float) -> UnitSt
     return stats
 
 
-def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, score: bool = False) -> UnitStats:
+def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, score: bool = False,
+                 teach: bool = False) -> UnitStats:
     """Runs phase A on one unit and writes stage/<unit>.{tar,parquet,_stats.json} and, last, its completion
     record (stage/<unit>.done.json); returns its stats.
 
     extra_stats (e.g. the worker's node id) is recorded in the unit's stats file. score=True also writes
     the unit's CLIP scores here (the driver asks for it on CPU-only clusters, see clip.cpu_in_units): it is
-    the last stage, so the unit is done only after its scores are.
+    the last stage, so the unit is done only after its scores are. teach=True (reinforce on) likewise
+    writes its teacher embeddings here, after the scores.
     """
     from curate.inputs.rows import read_unit
 
@@ -175,7 +179,7 @@ def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, 
     with ph("read"):
         table = read_unit(cfg.output, unit_id)
     counted = StageStats()
-    table = _run_recipe(table, phase_a_stages(cfg, unit_id, score=score), counted, ph)
+    table = _run_recipe(table, phase_a_stages(cfg, unit_id, score=score, teach=teach), counted, ph)
     return _finish(table, cfg.output, UnitStats(unit_id, stages=counted.as_dict(), extra=dict(extra_stats or {}),
                                                 timings=ph.as_dict()), t0)
 

@@ -199,21 +199,27 @@ def _process_unit_task(args):
     import ray
 
     from curate.unit import process_unit, retry_unit
-    unit_id, cfg, retry, score = args
+    unit_id, cfg, retry, score, teach = args
     extra = {"node_id": ray.get_runtime_context().get_node_id()} if ray.is_initialized() else {}
-    return retry_unit(unit_id, cfg, extra) if retry else process_unit(unit_id, cfg, extra, score=score)
+    return retry_unit(unit_id, cfg, extra) if retry else process_unit(unit_id, cfg, extra, score=score, teach=teach)
 
 
-def score_in_units(cfg: RunConfig) -> bool:
-    """True when CLIP scores are computed inside the download tasks: a CPU-only cluster (a GPU cluster
-    scores in the Ray Data actor pool) and no embeddings asked for (those come from the scoring pass)."""
+def models_in_units(cfg: RunConfig) -> bool:
+    """True when the models (the CLIP scorer, the reinforce teachers) run inside the download tasks: a CPU-only
+    cluster with clip.cpu_in_units and no CLIP embeddings asked for (those come from the pass). Otherwise one
+    Ray Data pass after the downloads runs them on the same actors (pipelines/scoring.py): one GPU actor per
+    GPU reads each unit's images once, and the teachers' forwards go to the GPU, not to CPU tasks. clip.device
+    and clip.cpu_in_units decide it with CLIP off too (reinforce only): they place the teachers alike."""
     import ray
 
-    if not (cfg.clip.enabled and cfg.clip.cpu_in_units) or cfg.clip.save_embeddings or cfg.clip.device == "cuda":
+    clip = cfg.clip
+    if not clip.cpu_in_units or clip.device == "cuda" or (clip.enabled and clip.save_embeddings):
         return False
-    if ray.cluster_resources().get("GPU", 0) and cfg.clip.device != "cpu":
+    if ray.cluster_resources().get("GPU", 0) and clip.device != "cpu":
         return False
-    print("clip scoring: no GPU in the Ray cluster; scoring on CPU inside the download tasks", file=sys.stderr)
+    if clip.enabled or cfg.reinforce.enabled:
+        what = " and ".join(w for w, on in (("scoring", clip.enabled), ("teachers", cfg.reinforce.enabled)) if on)
+        print(f"no GPU in the Ray cluster; {what} on CPU inside the download tasks", file=sys.stderr)
     return True
 
 
@@ -224,9 +230,10 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None) -> None:
+def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None, in_units: bool = False) -> None:
     """Downloads every unit not yet complete (and retries failures when asked), with progress; adds each
-    finished unit's time breakdown to `times`."""
+    finished unit's time breakdown to `times`. in_units (models_in_units): the tasks also score and
+    reinforce the units they download."""
     from curate.parallel import parallel_map
     from curate.stage_io import done_units
 
@@ -237,8 +244,9 @@ def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None) -> None:
           + (f", {len(retry)} to re-check for retryable failures" if retry else ""), file=sys.stderr)
     if not todo and not retry:
         return
-    score = bool(todo) and score_in_units(cfg)
-    jobs = [(u.unit_id, cfg, False, score) for u in todo] + [(u.unit_id, cfg, True, False) for u in retry]
+    score, teach = in_units and cfg.clip.enabled, in_units and cfg.reinforce.enabled
+    jobs = [(u.unit_id, cfg, False, score, teach) for u in todo] + [(u.unit_id, cfg, True, False, False)
+                                                                    for u in retry]
     rows = {u.unit_id: u.num_rows for u in units}
     prog = Progress("download", len(jobs), sum(rows[j[0]] for j in jobs), enabled=cfg.progress)
 
@@ -255,13 +263,18 @@ def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None) -> None:
     prog.close()
 
 
-def phase_scoring(cfg: RunConfig, units: list) -> None:
-    if not cfg.clip.enabled:
+def phase_scoring(cfg: RunConfig, units: list, in_units: bool) -> None:
+    """The Ray Data model pass (pipelines/scoring.py): scores the units that lack them and, when the models
+    run outside the download tasks (in_units false), the reinforce teachers on the same actors, reading each
+    unit's images once. With in_units, phase_reinforce does the units that lack teacher embeddings."""
+    teach = cfg.reinforce.enabled and not in_units
+    if not (cfg.clip.enabled or teach):
         return
-    from pipelines.scoring import score_units
+    from pipelines.scoring import PassModels, run_pass
     t0 = time.time()
-    res = score_units(cfg.output, [u.unit_id for u in units], cfg.clip)
-    print(f"phase A (scoring): {res} in {time.time() - t0:.1f} s", file=sys.stderr)
+    models = PassModels(cfg.clip, cfg.clip.enabled, cfg.reinforce if teach else None, cfg.seed)
+    res = run_pass(cfg.output, [u.unit_id for u in units], models)
+    print(f"phase A (model pass): {res} in {time.time() - t0:.1f} s", file=sys.stderr)
 
 
 def _reinforce_unit_task(args):
@@ -272,8 +285,9 @@ def _reinforce_unit_task(args):
 
 
 def phase_reinforce(cfg: RunConfig, units: list) -> None:
-    """Teacher embeddings of the completed units that lack them: phase A writes them inside each unit task,
-    so this does the units of an output that reinforce was turned on for, or whose failures were retried."""
+    """Teacher embeddings of the completed units that lack them, in CPU tasks (models_in_units): phase A writes
+    them inside each unit task, so this does the units of an output that reinforce was turned on for, or
+    whose failures were retried. Otherwise the model pass does them (phase_scoring)."""
     from curate.parallel import parallel_map
     from curate.reinforce.identity import pending_units
     t0 = time.time()
@@ -318,11 +332,12 @@ def run(cfg: RunConfig) -> dict:
             units = plan_units(cfg.input, cfg.output, cpus=cluster_cpus())
         with times.run("optout_hosts"):
             optout_prepass(cfg, units)  # robots.txt and tdmrep.json per origin, before any image request
+        in_units = models_in_units(cfg)
         with times.run("phase_a"):
-            phase_a(cfg, units, times)
+            phase_a(cfg, units, times, in_units)
         with times.run("scoring_pass"):
-            phase_scoring(cfg, units)
-        if cfg.reinforce.enabled:
+            phase_scoring(cfg, units, in_units)
+        if cfg.reinforce.enabled and in_units:
             with times.run("reinforce_pass"):
                 phase_reinforce(cfg, units)
         publish_hosts(cfg)  # metadata/optout_hosts.parquet, which the manifest counts

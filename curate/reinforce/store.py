@@ -6,9 +6,15 @@ import zipfile
 
 import numpy as np
 import numpy.lib.format as npformat
+import pyarrow as pa
+
+from curate.schema import COL
 
 NPZ = "reinforce_npz"      # stage/<unit>.reinforce.parquet: the sample's KEY.npz bytes
 VIEWS = "reinforce_views"  # ... and its views' parameters (canonical JSON list, view_params)
+# the reinforce file's columns (curate.reinforce.teachers.reinforce_table): torch-free, so a driver can write
+# the empty file of a unit without ok rows
+TABLE_SCHEMA = pa.schema([(COL.UID, pa.string()), (NPZ, pa.binary()), (VIEWS, pa.string())])
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member time: the same embeddings always give the same bytes
 
 

@@ -67,13 +67,13 @@ def _decode(uid: str, data: bytes):
 
 
 def _chunk(uids: list[str], images: list[bytes], captions: list[str], cfg: ReinforceConfig,
-           seed: int) -> tuple[list[bytes], list[str]]:
+           seed: int, device: str) -> tuple[list[bytes], list[str]]:
     """(npz bytes, views JSON) per row of one batch of rows."""
     decoded = [_decode(u, b) for u, b in zip(uids, images)]
     params = [view_params(u, seed, cfg.views, im.width, im.height, cfg.min_scale) for u, im in zip(uids, decoded)]
     arrays: list[dict] = [{} for _ in uids]
     for t, entry in enumerate(cfg.teachers):
-        teacher = load_teacher(entry)
+        teacher = load_teacher(entry, device)
         views = [apply_view(im, p) for im, ps in zip(decoded, params) for p in ps]
         img = teacher.images(views, cfg.batch_size).reshape(len(uids), cfg.views, -1).astype(np.float16)
         txt = teacher.texts(captions, cfg.batch_size).astype(np.float16)
@@ -82,14 +82,16 @@ def _chunk(uids: list[str], images: list[bytes], captions: list[str], cfg: Reinf
     return [write_npz(a) for a in arrays], [canonical_json(p).decode() for p in params]
 
 
-def reinforce_table(rows: pa.Table, cfg: ReinforceConfig, seed: int) -> pa.Table:
-    """rows (COL.UID, COL.IMAGE: stored image bytes, COL.CAPTION_CLEAN) -> (COL.UID, NPZ, VIEWS), same order."""
+def reinforce_table(rows: pa.Table, cfg: ReinforceConfig, seed: int, device: str = "") -> pa.Table:
+    """rows (COL.UID, COL.IMAGE: stored image bytes, COL.CAPTION_CLEAN) -> (COL.UID, NPZ, VIEWS), same order.
+    Both routes run it: ReinforceStage in the download task, the scoring pass's actors on their device
+    ("": cuda when this process sees one, else cpu)."""
     uids = rows[COL.UID].to_pylist()
     images, captions = rows[COL.IMAGE].to_pylist(), [c or "" for c in rows[COL.CAPTION_CLEAN].to_pylist()]
     npz, views = [], []
     for s in range(0, len(uids), cfg.batch_size):  # a batch of rows at a time: decoded views stay bounded
         n, v = _chunk(uids[s:s + cfg.batch_size], images[s:s + cfg.batch_size],
-                      captions[s:s + cfg.batch_size], cfg, seed)
+                      captions[s:s + cfg.batch_size], cfg, seed, device)
         npz += n
         views += v
     return pa.table({COL.UID: pa.array(uids, pa.string()), NPZ: pa.array(npz, pa.binary()),

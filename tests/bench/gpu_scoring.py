@@ -2,6 +2,8 @@
 
 python -m tests.bench.gpu_scoring            # needs CUDA; writes tests/bench/results/scoring_gpu.json
 python -m tests.bench.gpu_scoring --dry-run  # plumbing check on CPU with a tiny model (no figures written)
+python -m tests.bench.gpu_scoring --reinforce  # the same pass with a teacher (the scorer's model, 2 views) on the
+                                               # actors too: scoring_gpu_reinforce.json
 """
 from __future__ import annotations
 
@@ -83,17 +85,21 @@ def write_units(out: str, n: int, unit_size: int, unique: int, workers: int) -> 
     return units
 
 
-def stage_end_to_end(out: str, units: list[int], cfg) -> dict:
-    """Runs the Ray Data scoring pipeline; images/s overall and in steady state (after the first batch)."""
+def stage_end_to_end(out: str, units: list[int], cfg, teach=None) -> dict:
+    """Runs the Ray Data scoring pipeline (with the reinforce teachers `teach` on the actors too, when given);
+    images/s overall and in steady state (after the first batch)."""
     import pyarrow.compute as pc
-    from pipelines.scoring import _build_dataset
+    from pipelines.scoring import PassModels, _build_dataset
+    from curate.reinforce.store import NPZ
     from curate.schema import COL
     t0 = time.perf_counter()
     stamps, rows = [], 0
-    for batch in _build_dataset(out, units, cfg).iter_batches(batch_format="pyarrow", batch_size=None):
+    ds = _build_dataset(out, units, cfg, PassModels(cfg, teach=teach), teach=frozenset(units if teach else ()))
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         rows += batch.num_rows
         stamps.append((time.perf_counter(), rows))
         assert pc.sum(pc.is_null(batch[COL.CLIP_SCORE])).as_py() == 0
+        assert teach is None or pc.sum(pc.is_null(batch[NPZ])).as_py() == 0
     total = time.perf_counter() - t0
     (t_first, r_first), (t_last, r_last) = stamps[0], stamps[-1]
     steady = (r_last - r_first) / (t_last - t_first) if t_last > t_first else float("nan")
@@ -107,6 +113,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--iters", type=int, default=40, help="timed forward iterations")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, few rows: checks the plumbing only")
+    ap.add_argument("--reinforce", action="store_true", help="a teacher (the scorer's model, 2 views) on the actors")
     args = ap.parse_args(argv)
     import torch
     if args.dry_run:
@@ -121,7 +128,7 @@ def main(argv=None) -> dict:
     else:
         device, precision, model = "cuda", "bf16", "ViT-B-32"
     import ray
-    from curate.config import ClipConfig
+    from curate.config import ClipConfig, ReinforceConfig
     t_start = time.perf_counter()
     pure = pure_forward(model, args.batch, args.iters, device, precision)
     print(f"pure forward: {pure:.0f} img/s", flush=True)
@@ -132,11 +139,13 @@ def main(argv=None) -> dict:
         units = write_units(out, args.n, 8192, unique=min(args.n, 2048), workers=min(cpus, 16))
         gen_s = time.perf_counter() - t0
         cfg = ClipConfig(model=model, device=device, precision=precision, batch_size=args.batch)
-        e2e = stage_end_to_end(out, units, cfg)
+        teach = ReinforceConfig(enabled=True, teachers=(f"{model}|",), views=2) if args.reinforce else None
+        e2e = stage_end_to_end(out, units, cfg, teach)
     ray.shutdown()
     print(f"stage end to end: {e2e}", flush=True)
     res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
            "model": f"{model} random init, {precision}, batch {args.batch}", "n": args.n,
+           "reinforce": f"teacher {model} (random init, fp32 under no autocast), 2 views" if args.reinforce else None,
            "pure_forward_images_per_s": round(pure, 1), "stage": e2e,
            "ratio_stage_steady_vs_pure_forward": round(e2e["images_per_s_steady"] / pure, 3),
            "ratio_stage_total_vs_pure_forward": round(e2e["images_per_s_total"] / pure, 3), "goal_ratio": 0.8,
@@ -147,7 +156,7 @@ def main(argv=None) -> dict:
                     "trimmed to the batch's longest caption in the stage."}
     print(f"ratio (steady) {res['ratio_stage_steady_vs_pure_forward']} (goal 0.8)")
     if not args.dry_run:
-        write_result("scoring_gpu", res)
+        write_result("scoring_gpu_reinforce" if args.reinforce else "scoring_gpu", res)
     return res
 
 
