@@ -1,4 +1,5 @@
-"""Benchmark: curate's download stage vs img2dataset on the same 127.0.0.1 URL lists (images/s, peak RSS, fault wall time)."""
+"""Benchmark: curate's download stage vs img2dataset on the same 127.0.0.1 URL lists: distinct images served
+from disk (the headline: images/s, peak RSS, CPU per image), a repeated pool, a fault list, the opt-out checks."""
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from tests.bench import web_corpus
 from tests.bench.common import ratio, versions, write_result
 from tests.fault_server import FAULT_ROUTES, Route, serve_forever
 
 CTYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 POOL_VERSION = 1
 OPTOUT_HOSTS = "optout_hosts.parquet"  # the host table of the opt-out figure's runs, in their output folder
+QUICK_ROWS = 1_500
+QUICK_OUT = Path(tempfile.gettempdir()) / "curate-bench-download-quick.json"
+# figures written by other runs that carry their own date: a rewrite of the result file keeps them
+CARRIED = ("before_after", "optout", "optout_checks_images_per_s_ratio", "optout_checks_cpu_per_image_ratio")
+NOTES = ("headline (curate, img2dataset, images_per_s_ratio, peak_rss_ratio, cpu_per_image_ratio): --rows distinct "
+         "images of tests/bench/web_corpus.py (lognormal longest side, JPEG/PNG/WebP: see corpus), cached on disk "
+         "and served from disk (page cache warmed) by a threaded server in its own process on 127.0.0.1 (it "
+         "shares the machine's cores); repeated_pool (secondary, flattering): the same number of rows repeating "
+         "--pool images served from memory by tests/fault_server.py; the fault list and the opt-out figure use "
+         "tests/fault_server.py too. peak RSS = max over 0.2 s samples of the summed RSS of each tool's process "
+         "tree; curate: spawn Pool(processes) over units, download_stage + stage_io.write_unit; "
+         "img2dataset: multiprocessing distributor, webdataset output, retries=0 (its default), "
+         "curate retries=2 (its default); both timeout --timeout; img2dataset opens a connection per request, "
+         "curate reuses them; images/s over `repeat` alternating runs; cpu_ms_per_image (CPU of each "
+         "tool's process tree) is the figure least distorted by a shared, busy machine")
 # what each of the opt-out figure's origins serves: rules every row is matched against, none of which drops an
 # image of the list (/pool/...), so both runs write the same images and only the checks' cost differs
 BENCH_ROBOTS = b"User-agent: *\nDisallow: /private/\nAllow: /pool/\n\nUser-agent: CCBot\nDisallow: /*.gif$\n"
@@ -252,11 +269,9 @@ def _combine(runs: list[dict]) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": len(runs)}
 
 
-def compare(name: str, urls: list[str], work: Path, common: tuple, repeat: int = 1, tools=None) -> dict:
-    """Runs both tools (default: curate and img2dataset) `repeat` times, alternating which goes first
-    (ABBA...), so a change in the load of a shared machine during the benchmark does not favour one of them."""
-    urls_path = work / f"{name}.parquet"
-    write_url_list(urls_path, urls)
+def compare(name: str, urls_path: Path, work: Path, common: tuple, repeat: int = 1, tools=None) -> dict:
+    """Runs both tools (default: curate and img2dataset) on the URL list `repeat` times, alternating which goes
+    first (ABBA...), so a change in the load of a shared machine during the benchmark does not favour one."""
     tools = tools or [("curate", run_curate), ("img2dataset", run_img2dataset)]
     runs: dict[str, list] = {t: [] for t, _ in tools}
     for r in range(repeat):
@@ -266,54 +281,112 @@ def compare(name: str, urls: list[str], work: Path, common: tuple, repeat: int =
             out_dir.mkdir(parents=True)
             runs[tool].append(measure(fn, str(urls_path), str(out_dir), *common))
             print(f"[{name}] {tool}: {json.dumps(runs[tool][-1])}", flush=True)
+            shutil.rmtree(out_dir, ignore_errors=True)  # the next run's page cache and disk are not crowded
     return {tool: _combine(rs) for tool, rs in runs.items()}
 
 
-def main(argv=None) -> dict:
+def _url_list(work: Path, name: str, urls: list[str]) -> Path:
+    path = work / f"{name}.parquet"
+    write_url_list(path, urls)
+    return path
+
+
+def corpus_figure(args, corpus: list[tuple[int, str, int]], work: Path, common: tuple) -> dict:
+    """The headline: --rows distinct images of tests/bench/web_corpus.py (cached on disk), served from disk by
+    a threaded server in its own process, page cache warmed first so neither tool pays for cold reads."""
+    folder = web_corpus.cache_dir(args.seed)
+    for k, ext, _ in corpus:
+        (folder / f"{k}.{ext}").read_bytes()
+    server, base = web_corpus.start_disk_server(args.seed)
+    try:
+        urls_path = work / "corpus.parquet"
+        web_corpus.write_url_list(urls_path, base, corpus, args.seed)
+        return compare("corpus", urls_path, work, common, args.repeat)
+    finally:
+        server.kill()
+
+
+def pool_figures(args, pool: list[tuple[str, bytes]], work: Path, common: tuple) -> tuple[dict | None, dict | None]:
+    """The secondary figures, on tests/fault_server.py (served from memory): --rows rows repeating the --pool
+    images (flattering: a few hundred images stay in every cache), and the fault list."""
+    # the fault server: slow beyond the timeout, a 60 s drip, an "endless" body bounded at 200 MB
+    server, port = start_server(pool, slow_seconds=args.timeout + 5, drip_seconds=60, endless_bytes=200 * 2**20)
+    base = f"http://127.0.0.1:{port}"
+    repeated = faults = None
+    try:
+        if args.pool_repeat:
+            ks = np.random.default_rng(1).integers(0, len(pool), args.rows)
+            urls = [f"{base}/pool/{i}/{k}.{pool[k][0]}" for i, k in enumerate(ks)]
+            repeated = compare("repeated_pool", _url_list(work, "repeated_pool", urls), work, common,
+                               args.pool_repeat)
+        if not args.no_faults:
+            from urllib.parse import quote
+            furls = [base + quote(p, safe="/") for p in FAULT_ROUTES] * args.fault_repeat
+            faults = compare("faults", _url_list(work, "faults", furls), work, common)
+    finally:
+        server.kill()
+    return repeated, faults
+
+
+def _args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rows", type=int, default=10_000)
-    ap.add_argument("--pool", type=int, default=300, help="distinct images served under distinct URLs")
+    ap.add_argument("--rows", type=int, default=10_000, help="rows of the image lists (the corpus: all distinct)")
+    ap.add_argument("--seed", type=int, default=0, help="web corpus seed (its disk cache is shared with bench_pipeline)")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--quality", type=int, default=95)
     ap.add_argument("--timeout", type=int, default=10, help="seconds, both tools")
     ap.add_argument("--unit-rows", type=int, default=1000, help="rows per unit / img2dataset shard")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per tool on the corpus list, alternating order")
+    ap.add_argument("--pool", type=int, default=300, help="distinct images of the repeated-pool and opt-out lists")
+    ap.add_argument("--pool-repeat", type=int, default=1,
+                    help="runs per tool on the repeated-pool list (secondary figure; 0: skip it)")
     ap.add_argument("--fault-repeat", type=int, default=10, help="copies of the fault routes in the fault list")
     ap.add_argument("--no-faults", action="store_true")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per tool on the image list, alternating order")
     ap.add_argument("--optout-origins", type=int, default=100, help="origins (127.0.0.2, ...) of the opt-out figure")
+    ap.add_argument("--no-optout", action="store_true", help="skip the opt-out figure")
     ap.add_argument("--optout-only", action="store_true",
-                    help="only the opt-out figure, merged into the existing results/download.json")
+                    help="only the opt-out figure, merged into the existing result file")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{QUICK_ROWS:,} rows (unless --rows), one run per tool, no fault or opt-out figure, "
+                         f"result to {QUICK_OUT} (unless --out)")
+    ap.add_argument("--out", type=Path, default=None, help="result file (default tests/bench/results/download.json)")
     args = ap.parse_args(argv)
+    given = argv if argv is not None else sys.argv[1:]
+    if args.quick:
+        args.rows = args.rows if "--rows" in given else QUICK_ROWS
+        args.repeat, args.pool_repeat = (1, min(args.pool_repeat, 1))
+        args.no_faults = args.no_optout = True
+        args.out = args.out or QUICK_OUT
+    return args
 
-    pool = make_pool(args.pool)
+
+def main(argv=None) -> dict:
+    args = _args(argv)
     common = (args.processes, args.threads, args.size, args.quality, args.timeout, args.unit_rows)
+    pool = make_pool(args.pool)
     if args.optout_only:
-        return merge_optout(optout_figure(args, pool, common))
-    # the fault server: slow beyond the timeout, a 60 s drip, an "endless" body bounded at 200 MB
-    server, port = start_server(pool, slow_seconds=args.timeout + 5, drip_seconds=60,
-                                endless_bytes=200 * 2**20)
-    base = f"http://127.0.0.1:{port}"
+        return merge_optout(optout_figure(args, pool, common), args.out)
+    t0 = time.time()
+    corpus = web_corpus.ensure_corpus(args.rows, args.seed, processes=args.processes)
+    info = web_corpus.describe(corpus, args.seed)
+    print(f"corpus: {json.dumps(info)}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="curate-bench-dl-"))
     try:
-        rng = np.random.default_rng(1)
-        ks = rng.integers(0, len(pool), args.rows)
-        urls = [f"{base}/pool/{i}/{k}.{pool[k][0]}" for i, k in enumerate(ks)]
-        main_res = compare("images", urls, work, common, args.repeat)
-        fault_res = None
-        if not args.no_faults:
-            from urllib.parse import quote
-            furls = [base + quote(p, safe="/") for p in FAULT_ROUTES] * args.fault_repeat
-            fault_res = compare("faults", furls, work, common)
+        main_res = corpus_figure(args, corpus, work, common)
+        repeated, fault_res = pool_figures(args, pool, work, common)
     finally:
-        server.kill()
         shutil.rmtree(work, ignore_errors=True)
-    return report(args, pool, main_res, fault_res, optout_figure(args, pool, common))
+    optout = None if args.no_optout else optout_figure(args, pool, common)
+    result = report(args, info, main_res, repeated_pool_section(args, pool, repeated), fault_res, optout)
+    result["bench_seconds"] = round(time.time() - t0, 1)
+    save(result, args.out)
+    return result
 
 
 def optout_figure(args, pool: list[tuple[str, bytes]], common: tuple) -> dict:
-    """The cost of the opt-out checks: the image list (--rows, same pool) spread over --optout-origins origins
+    """The cost of the opt-out checks: --rows rows over the --pool images spread over --optout-origins origins
     on loopback aliases, curate with every check on (host pre-pass, opt-out stage, header and image-metadata
     checks) vs every check off, alternating order; each origin serves a robots.txt and a tdmrep.json."""
     if not 1 <= args.optout_origins <= 250:
@@ -325,7 +398,7 @@ def optout_figure(args, pool: list[tuple[str, bytes]], common: tuple) -> dict:
         urls = [f"http://127.0.0.{2 + i % args.optout_origins}:{port}/pool/{i}/{k}.{pool[k][0]}"
                 for i, k in enumerate(ks)]
         tools = [("checks_on", run_curate_checks_on), ("checks_off", run_curate_checks_off)]
-        res = compare("optout", urls, work, common, args.repeat, tools)
+        res = compare("optout", _url_list(work, "optout", urls), work, common, args.repeat, tools)
     finally:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
@@ -348,14 +421,18 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def merge_optout(figure: dict) -> dict:
-    """results/download.json with the opt-out figure replaced and its other figures kept (--optout-only),
-    their date and machine too (the figure carries its own date)."""
+def _result_path(out: Path | None) -> Path:
     from tests.bench.common import RESULTS
 
-    path = RESULTS / "download.json"
+    return out or RESULTS / "download.json"
+
+
+def merge_optout(figure: dict, out: Path | None = None) -> dict:
+    """The result file with the opt-out figure replaced and its other figures kept (--optout-only),
+    their date and machine too (the figure carries its own date)."""
+    path = _result_path(out)
     if not path.exists():
-        write_result("download", figure)
+        save(figure, out)
         return figure
     doc = {**json.loads(path.read_text()), **figure}
     path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
@@ -363,40 +440,79 @@ def merge_optout(figure: dict) -> dict:
     return doc
 
 
-def report(args, pool, main_res: dict, fault_res: dict | None, optout: dict | None = None) -> dict:
+def save(result: dict, out: Path | None) -> Path:
+    """Writes the result file (tests/bench/results/download.json unless --out). Figures of other runs that carry
+    their own date (ab_download's before_after; the opt-out figure when --no-optout) are kept from the old file."""
+    path = _result_path(out)
+    if path.exists():
+        old = json.loads(path.read_text())
+        kept = {k: v for k, v in old.items() if k in CARRIED and k not in result}
+        result = {**result, **kept}
+    if out is None:
+        return write_result("download", result)
+    from tests.bench.common import machine_info
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": "download", "date": _now(), "machine": machine_info(), **result}
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def repeated_pool_section(args, pool: list[tuple[str, bytes]], res: dict | None) -> dict:
+    """The secondary, flattering figure: --rows rows that repeat --pool images served from memory."""
+    if res is None:
+        return {}
+    c, i = res["curate"], res["img2dataset"]
+    return {"repeated_pool": {
+                "rows": args.rows, "distinct_images": len(pool), "repeat": args.pool_repeat,
+                "pool_mean_bytes": int(np.mean([len(b) for _, b in pool])), **res,
+                "notes": ("NOT the headline: the --pool images (bench_download.make_pool: longest side log-uniform "
+                          "64..2000 px) repeated under distinct URLs, served from memory by tests/fault_server.py; "
+                          "a few hundred images stay in every cache, so this flatters both tools")},
+            "repeated_pool_images_per_s_ratio": ratio(c["images_per_s"], i["images_per_s"], 2),
+            "repeated_pool_peak_rss_ratio": ratio(c["peak_rss_mb"], i["peak_rss_mb"], 3),
+            "repeated_pool_cpu_per_image_ratio": ratio(c["cpu_ms_per_image"], i["cpu_ms_per_image"], 3)}
+
+
+def report(args, corpus_info: dict, main_res: dict, repeated: dict, fault_res: dict | None,
+           optout: dict | None = None) -> dict:
+    """The result: the headline keys (images_per_s_ratio, ...) are the distinct corpus's."""
     c, i = main_res["curate"], main_res["img2dataset"]
     result = {
-        "rows": args.rows, "repeat": args.repeat, "distinct_images": len(pool), "processes": args.processes, "threads": args.threads,
-        "image_size": args.size, "resize_mode": "keep_ratio", "encode_quality": args.quality,
-        "pool_mean_bytes": int(np.mean([len(b) for _, b in pool])),
+        "rows": args.rows, "repeat": args.repeat, "distinct_images": corpus_info["images"], "corpus": corpus_info,
+        "processes": args.processes, "threads": args.threads, "image_size": args.size, "resize_mode": "keep_ratio",
+        "encode_quality": args.quality, "timeout_s": args.timeout, "unit_rows": args.unit_rows,
         "curate": c, "img2dataset": i,
         "images_per_s_ratio": ratio(c["images_per_s"], i["images_per_s"], 2),
         "peak_rss_ratio": ratio(c["peak_rss_mb"], i["peak_rss_mb"], 3),
         "cpu_per_image_ratio": ratio(c["cpu_ms_per_image"], i["cpu_ms_per_image"], 3),
         "versions": versions("img2dataset", "pillow", "urllib3", "pyarrow", "opencv-python-headless"),
-        "notes": ("server: tests/fault_server.py in its own process on 127.0.0.1 (shares the 2 cores); "
-                  "peak RSS = max over 0.2 s samples of the summed RSS of each tool's process tree; "
-                  "curate: spawn Pool(processes) over units, download_stage + stage_io.write_unit; "
-                  "img2dataset: multiprocessing distributor, webdataset output, retries=0 (its default), "
-                  "curate retries=2 (its default); both timeout --timeout; img2dataset opens a connection per request, "
-                  "curate reuses them; images/s over `repeat` alternating runs; cpu_ms_per_image (CPU of each "
-                  "tool's process tree) is the figure least distorted by a shared, busy machine"),
+        "notes": NOTES, **repeated,
     }
     if fault_res:
         fc, fi = fault_res["curate"], fault_res["img2dataset"]
         result.update({"faults": fault_res, "fault_rows": args.fault_repeat * len(FAULT_ROUTES),
                        "fault_wall_time_ratio": ratio(fc["wall_s"], fi["wall_s"], 3),
                        "fault_peak_rss_ratio": ratio(fc["peak_rss_mb"], fi["peak_rss_mb"], 3)})
-    print(f"images/s: curate {c['images_per_s']} vs img2dataset {i['images_per_s']} "
-          f"(ratio {result['images_per_s_ratio']}); peak RSS {c['peak_rss_mb']} vs {i['peak_rss_mb']} MB "
-          f"(ratio {result['peak_rss_ratio']}); CPU ms/image {c['cpu_ms_per_image']} vs {i['cpu_ms_per_image']} "
-          f"(ratio {result['cpu_per_image_ratio']})")
-    if fault_res:
-        print(f"fault list wall: curate {fc['wall_s']} s vs img2dataset {fi['wall_s']} s "
-              f"(ratio {result['fault_wall_time_ratio']})")
+    _print_summary(result)
     result.update(optout or {})
-    write_result("download", result)
     return result
+
+
+def _print_summary(r: dict) -> None:
+    c, i = r["curate"], r["img2dataset"]
+    print(f"distinct corpus: curate {c['images_per_s']} vs img2dataset {i['images_per_s']} images/s "
+          f"(ratio {r['images_per_s_ratio']}); peak RSS {c['peak_rss_mb']} vs {i['peak_rss_mb']} MB "
+          f"(ratio {r['peak_rss_ratio']}); CPU ms/image {c['cpu_ms_per_image']} vs {i['cpu_ms_per_image']} "
+          f"(ratio {r['cpu_per_image_ratio']})")
+    if "repeated_pool" in r:
+        print(f"repeated pool (secondary): images/s ratio {r['repeated_pool_images_per_s_ratio']}, peak RSS "
+              f"ratio {r['repeated_pool_peak_rss_ratio']}, CPU/image ratio {r['repeated_pool_cpu_per_image_ratio']}")
+    if "faults" in r:
+        fc, fi = r["faults"]["curate"], r["faults"]["img2dataset"]
+        print(f"fault list wall: curate {fc['wall_s']} s vs img2dataset {fi['wall_s']} s "
+              f"(ratio {r['fault_wall_time_ratio']})")
 
 
 if __name__ == "__main__":
