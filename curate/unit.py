@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ctypes
 import time
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -18,19 +18,22 @@ from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, ok_rows
 from curate.stage import Stage, StageStats, UnitStats, run_stages
 from curate.timing import Phases
 
-SCORE_SLICE_BATCHES = 4  # clip.batch_size batches per in-unit scoring slice: one slice's pixels held at a time
+SCORE_SLICE_BATCHES = 1  # clip.batch_size batches per in-unit scoring slice (one call to a shared scorer): one
+                         # slice's image bytes and pixels held at a time, here and in the scorer (1: -60 MB there)
+Scorer = Callable[[pa.Table], pa.Table]  # ClipScore's contract: uid, image, caption_clean -> uid + score columns
 HEAP_HEAVY = ("download", "hashing")  # stages after which the worker's freed heap goes back to the OS
 
 
-def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: bool = False,
+def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool | Scorer = False, retry: bool = False,
                    teach: bool = False) -> list[Stage]:
     """Phase A's recipe, in order (the statuses each stage sets; a row keeps its first reason):
     text rules (caption_rule) -> prefetch urls (duplicate_url) -> language (lang) -> prefetch hashes
     (duplicate_prefetch) -> opt-out policies (robots:robots_txt, robots:tdmrep) -> download (robots,
     invalid_url, download_error, decode_error, too_small, bad_aspect) -> hashing (dedup on) -> scoring
-    (score=True: the unit's scores file) -> reinforce (reinforce on and teach=True: the unit's
-    teacher-embeddings file; the driver asks for both on CPU-only clusters, else the scoring pass's actors
-    do them). A retry refetches: download and hashing only (the driver reinforces retried units afterwards)."""
+    (score: the unit's scores file; True: the model loads in this process, or a Scorer that scores elsewhere)
+    -> reinforce (reinforce on and teach=True: the unit's teacher-embeddings file; the driver asks for both on
+    CPU-only clusters, else the scoring pass's actors do them). A retry refetches: download and hashing only
+    (the driver reinforces retried units afterwards)."""
     from curate.dedup.hashing import HashingStage  # heavy imports stay inside the worker
     from curate.download import DownloadStage
     from curate.optout.stage import OptOutStage
@@ -42,7 +45,7 @@ def phase_a_stages(cfg: RunConfig, unit_id: int, score: bool = False, retry: boo
     if cfg.dedup.enabled:
         stages.append(HashingStage(cfg.dedup))
     if score:
-        stages.append(ScoresFileStage(unit_id, cfg.output, cfg.clip))
+        stages.append(ScoresFileStage(unit_id, cfg.output, cfg.clip, None if score is True else score))
     if cfg.reinforce.enabled and teach and not retry:
         from curate.reinforce.teachers import ReinforceStage
         stages.append(ReinforceStage(cfg.reinforce, cfg.seed, cfg.output, unit_id))
@@ -75,14 +78,16 @@ class LanguageStage:
 
 @dataclass(frozen=True)
 class ScoresFileStage:
-    """Scores the unit's ok rows and writes its scores file (_score_in_unit); the table passes unchanged."""
+    """Scores the unit's ok rows and writes its scores file (_score_in_unit); the table passes unchanged.
+    scorer: ClipScore of `clip` running elsewhere (None: loaded in this process, see worker_stage)."""
     unit_id: int
     output: str
     clip: ClipConfig
+    scorer: Scorer | None = field(default=None, compare=False)
     name: ClassVar[str] = "scoring"
 
     def __call__(self, table: pa.Table, stats: StageStats | None = None) -> pa.Table:
-        done = _score_in_unit(table, self.unit_id, self.output, self.clip)
+        done = _score_in_unit(table, self.unit_id, self.output, self.clip, self.scorer)
         if stats is not None:
             stats.count("clip_scored", done["clip_scored"])
             stats.record("clip_seconds", done["clip_seconds"])
@@ -126,21 +131,22 @@ def _run_recipe(table: pa.Table, stages: list[Stage], counted: StageStats, ph: P
     return table
 
 
-def _score_in_unit(table: pa.Table, unit_id: int, output: str, clip: ClipConfig) -> dict:
-    """Scores the unit's ok rows in this task (CPU-only clusters) and writes its scores file, so the
-    scoring pass skips it: no second read and decode of the stage tar, and the model's CPU work overlaps
-    the other units' network waits. Returns timing stats."""
+def _score_in_unit(table: pa.Table, unit_id: int, output: str, clip: ClipConfig, scorer: Scorer | None) -> dict:
+    """Scores the unit's ok rows from this task (CPU-only clusters; in this process, or through `scorer`)
+    and writes its scores file, so the scoring pass skips it: no second read and decode of the stage tar,
+    and the model's CPU work overlaps the other units' network waits. Returns timing stats."""
     from curate.clip.identity import scorer_identity
-    from curate.clip.scorer import worker_stage  # heavy imports stay inside the worker
 
     t0 = time.time()
     cols = table.select([COL.UID, COL.IMAGE, COL.CAPTION_CLEAN])
     ok = pa.array(np.flatnonzero(ok_rows(table)), pa.int64())
-    score = worker_stage(clip)  # the scoring stage, loaded once per worker process
+    if scorer is None:
+        from curate.clip.scorer import worker_stage  # heavy imports stay inside the worker
+        scorer = worker_stage(clip)  # the scoring stage, loaded once per worker process
     # slices of whole scorer batches of the ok rows: the same batches as one call (same scores), but only
     # one slice's image bytes (taken, not a filtered copy of the column) and pixels are held at a time
     step = clip.batch_size * SCORE_SLICE_BATCHES
-    scored = [score(cols.take(ok.slice(s, step))) for s in range(0, len(ok), step)]
+    scored = [scorer(cols.take(ok.slice(s, step))) for s in range(0, len(ok), step)]
     stage_io.write_scores(output, unit_id, pa.concat_tables(scored) if scored else cols.take(ok),
                           scorer_identity(clip.model, clip.pretrained))
     return {"clip_scored": len(ok), "clip_seconds": round(time.time() - t0, 3)}
@@ -160,15 +166,16 @@ def _finish(table: pa.Table, output: str, stats: UnitStats, t0: float) -> UnitSt
     return stats
 
 
-def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, score: bool = False,
+def process_unit(unit_id: int, cfg: RunConfig, extra_stats: dict | None = None, score: bool | Scorer = False,
                  teach: bool = False) -> UnitStats:
     """Runs phase A on one unit and writes stage/<unit>.{tar,parquet,_stats.json} and, last, its completion
     record (stage/<unit>.done.json); returns its stats.
 
     extra_stats (e.g. the worker's node id) is recorded in the unit's stats file. score=True also writes
     the unit's CLIP scores here (the driver asks for it on CPU-only clusters, see clip.cpu_in_units): it is
-    the last stage, so the unit is done only after its scores are. teach=True (reinforce on) likewise
-    writes its teacher embeddings here, after the scores.
+    the last stage, so the unit is done only after its scores are. A Scorer in place of True scores elsewhere
+    (the driver's shared scoring actor: one model per node, not one per worker). teach=True (reinforce on)
+    likewise writes its teacher embeddings here, after the scores.
     """
     from curate.inputs.rows import read_unit
 

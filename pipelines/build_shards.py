@@ -199,9 +199,15 @@ def _process_unit_task(args):
     import ray
 
     from curate.unit import process_unit, retry_unit
-    unit_id, cfg, retry, score, teach = args
+    unit_id, cfg, retry, scorers, teach = args  # scorers: start_unit_scorers' actors (the task scores), or None
     extra = {"node_id": ray.get_runtime_context().get_node_id()} if ray.is_initialized() else {}
-    return retry_unit(unit_id, cfg, extra) if retry else process_unit(unit_id, cfg, extra, score=score, teach=teach)
+    if retry:
+        return retry_unit(unit_id, cfg, extra)
+    score = False
+    if scorers:
+        from pipelines.scoring import unit_scorer
+        score = unit_scorer(scorers, unit_id)
+    return process_unit(unit_id, cfg, extra, score=score, teach=teach)
 
 
 def models_in_units(cfg: RunConfig) -> bool:
@@ -244,9 +250,12 @@ def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None, in_units
           + (f", {len(retry)} to re-check for retryable failures" if retry else ""), file=sys.stderr)
     if not todo and not retry:
         return
-    score, teach = in_units and cfg.clip.enabled, in_units and cfg.reinforce.enabled
-    jobs = [(u.unit_id, cfg, False, score, teach) for u in todo] + [(u.unit_id, cfg, True, False, False)
-                                                                    for u in retry]
+    teach, scorers = in_units and cfg.reinforce.enabled, None
+    if todo and in_units and cfg.clip.enabled:  # one shared scorer per node, not torch in every worker
+        from pipelines.scoring import start_unit_scorers
+        scorers = start_unit_scorers(cfg.clip)
+    jobs = [(u.unit_id, cfg, False, scorers, teach) for u in todo] + [(u.unit_id, cfg, True, None, False)
+                                                                      for u in retry]
     rows = {u.unit_id: u.num_rows for u in units}
     prog = Progress("download", len(jobs), sum(rows[j[0]] for j in jobs), enabled=cfg.progress)
 
@@ -258,8 +267,15 @@ def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None, in_units
             return
         prog.update(stats.rows, stats.images, stats.failed)
 
-    limit = cfg.max_units_in_flight or None
-    parallel_map(_process_unit_task, jobs, num_cpus=1, max_in_flight=limit, on_result=on_result, spread=True)
+    # a task waiting on a shared scorer lends its CPU to Ray, which would start one more unit (and worker) per
+    # waiting task: with scorers, no more units in flight than CPUs
+    limit = cfg.max_units_in_flight or (cluster_cpus() if scorers else None)
+    try:
+        parallel_map(_process_unit_task, jobs, num_cpus=1, max_in_flight=limit, on_result=on_result, spread=True)
+    finally:
+        if scorers:
+            from pipelines.scoring import stop_unit_scorers
+            stop_unit_scorers(scorers)
     prog.close()
 
 

@@ -1,5 +1,6 @@
 """Phase-A model pass: CLIP scores (curate.clip's ClipScore: its CPU half in tasks, its model half in an actor
-pool) and, on GPU clusters, the reinforce teachers on the same actors, for completed stage units through Ray Data."""
+pool) and, on GPU clusters, the reinforce teachers on the same actors, for completed stage units through Ray Data;
+and on CPU-only clusters the shared scorer actors that the unit tasks call."""
 from __future__ import annotations
 
 import sys
@@ -258,3 +259,54 @@ def read_scores(output: str, unit_id: int) -> pa.Table:
     """A unit's scores table (uid, clip_score, clip_model, clip_pretrained)."""
     fs, out = fsutil.get_fs(output)
     return pq.read_table(pa.BufferReader(fsutil.read_bytes(fs, stage_io.unit_paths(out, unit_id)["scores"])))
+
+
+# ---- the in-unit route's shared scorers (CPU-only clusters, clip.cpu_in_units)
+
+CPUS_PER_UNIT_SCORER = 4  # unit tasks per shared scorer on a node: scoring is ~1/5 of a unit's CPU on the demo
+                          # model, so one single-threaded scorer keeps up with about four download tasks
+
+
+class UnitScorer:
+    """ClipScore whole (decode, tokenize, model) as a Ray actor that the unit tasks of its node call: torch and
+    the model live in one process per CPUS_PER_UNIT_SCORER CPUs, not in every worker (each worker that imports
+    torch, timm and open_clip holds ~0.75 GB more for the rest of the run)."""
+
+    def __init__(self, cfg: ClipConfig):
+        from curate.clip.scorer import ClipScore
+        self.stage = ClipScore(cfg)
+
+    def score(self, table: pa.Table) -> pa.Table:
+        return self.stage(table)
+
+
+def start_unit_scorers(cfg: ClipConfig) -> dict[str, list]:
+    """{node id: [UnitScorer handles]}: ceil(CPUs / CPUS_PER_UNIT_SCORER) actors pinned to each alive node with
+    CPUs. They hold no CPU of their own (they serve the node's tasks, which do), so OMP gives them one thread,
+    as a unit task has: the same scores as a model loaded inside the task."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(UnitScorer)
+    out = {}
+    for node in ray.nodes():
+        cpus = int(node.get("Resources", {}).get("CPU", 0))
+        if node.get("Alive") and cpus:
+            pin = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            out[node["NodeID"]] = [actor.options(scheduling_strategy=pin).remote(cfg)
+                                   for _ in range(-(-cpus // CPUS_PER_UNIT_SCORER))]
+    return out
+
+
+def unit_scorer(scorers: dict[str, list], unit_id: int):
+    """The Scorer (table -> table) a unit task calls: one of its own node's shared actors, by unit id."""
+    node = ray.get_runtime_context().get_node_id()
+    handles = scorers.get(node) or [h for hs in scorers.values() for h in hs]
+    actor = handles[unit_id % len(handles)]
+    return lambda table: ray.get(actor.score.remote(table))
+
+
+def stop_unit_scorers(scorers: dict[str, list]) -> None:
+    """Ends the shared scorers: their torch and model memory goes before phases B and C."""
+    for handles in scorers.values():
+        for h in handles:
+            ray.kill(h)
