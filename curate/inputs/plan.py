@@ -23,7 +23,10 @@ PLAN_VERSION = 1            # bump when the unit files' layout changes, so old p
 # rows: a small input is cut into units of at least this many rows (unit_rows); below it a unit's fixed
 # costs (a Ray task, its stage files, a few thread pools) outweigh what one more unit in flight gains
 MIN_UNIT_ROWS = 500
-UNITS_PER_CPU = 2           # a small input still gives every CPU this many units (no idle CPU at the tail)
+UNITS_PER_CPU = 4           # a small input still gives every CPU this many units: no idle CPU at the tail, and a
+                            # worker holds a quarter of its share of encoded images until its stage tar is written
+                            # (20,000 rows on 2 CPUs, every stage on: 2 per CPU peaked at 3,779 MB, 4 at 3,518 MB
+                            # at the same images/s; tests/bench/results/pipeline.json)
 
 
 @dataclass(frozen=True)

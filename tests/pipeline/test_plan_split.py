@@ -1,4 +1,4 @@
-"""Small inputs are cut so every CPU has at least two units in flight; a saved plan is reused on resume."""
+"""Small inputs are cut so every CPU has UNITS_PER_CPU (4) units; a saved plan is reused on resume."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.config import InputConfig
-from curate.inputs.plan import MIN_UNIT_ROWS, load_plan, plan_units, unit_rows
+from curate.inputs.plan import MIN_UNIT_ROWS, UNITS_PER_CPU, load_plan, plan_units, unit_rows
 from curate.inputs.rows import read_unit
 from curate.schema import COL
 
@@ -28,8 +28,9 @@ def _covered(output, units) -> list[tuple[str, int]]:
     return out
 
 
-def test_unit_rows_gives_each_cpu_two_units_with_a_floor():
-    assert unit_rows(6_000, 10_000, 2) == 1_500
+def test_unit_rows_gives_each_cpu_four_units_with_a_floor():
+    assert UNITS_PER_CPU == 4
+    assert unit_rows(6_000, 10_000, 2) == 750
     assert unit_rows(1_000_000, 10_000, 2) == 10_000         # a large input keeps unit_size
     assert unit_rows(600, 10_000, 8) == MIN_UNIT_ROWS         # never below the floor ...
     assert unit_rows(6_000, 100, 2) == 100                    # ... unless the user asked for smaller units
@@ -46,7 +47,7 @@ def test_six_thousand_rows_on_two_cpus_make_four_units_and_resume_keeps_the_plan
     rows = _covered(out, units)
     assert [r for _, r in rows] == list(range(6_000))  # every row once, in order
     plan = load_plan(str(out))
-    assert plan["unit_rows"] == 1_500 and plan["key"]["unit_size"] == 10_000
+    assert plan["unit_rows"] == 750 and plan["key"]["unit_size"] == 10_000
     before = (out / "_input" / "plan.json").read_bytes()
     for cpus in (8, 1, None):  # a resume on another cluster size reuses the saved plan as it is
         assert plan_units(cfg, str(out), cpus=cpus) == units
@@ -57,11 +58,12 @@ def test_split_keeps_units_within_their_files(tmp_path):
     a = _urls(tmp_path / "a.parquet", 3_000)
     b = _urls(tmp_path / "b.parquet", 700, start=3_000)
     cfg = InputConfig(paths=(str(a), str(b)), unit_size=2_000)
-    # 3,700 rows / (2 x 2 CPUs) -> at most 925 rows a unit: a's units of 2,000 + 1,000 are cut in 3 + 2
+    # 3,700 rows / (4 x 2 CPUs) = 463, raised to the 500-row floor: a's units of 2,000 + 1,000 are cut in
+    # 4 + 2, and b's 700 rows in two equal parts, never across the two files
     units = plan_units(cfg, str(tmp_path / "out"), cpus=2)
     assert [(u.source_file.rsplit("/", 1)[1], u.start_row, u.num_rows) for u in units] == \
-        [("a.parquet", 0, 666), ("a.parquet", 666, 667), ("a.parquet", 1333, 667), ("a.parquet", 2000, 500),
-         ("a.parquet", 2500, 500), ("b.parquet", 0, 700)]
+        [("a.parquet", 0, 500), ("a.parquet", 500, 500), ("a.parquet", 1000, 500), ("a.parquet", 1500, 500),
+         ("a.parquet", 2000, 500), ("a.parquet", 2500, 500), ("b.parquet", 0, 350), ("b.parquet", 350, 350)]
     rows = _covered(tmp_path / "out", units)
     assert rows == [("a.parquet", i) for i in range(3_000)] + [("b.parquet", i) for i in range(700)]
 
