@@ -248,13 +248,6 @@ def run_pass(output: str, unit_ids: list[int], models: PassModels) -> dict:
             "images_per_s": round(rows / secs, 1) if secs > 0 else 0.0}
 
 
-def score_units(output: str, unit_ids: list[int], cfg: ClipConfig) -> dict:
-    """Scores every ok row of the completed units not yet scored (run_pass without teachers)."""
-    res = run_pass(output, unit_ids, PassModels(cfg))
-    del res["units_reinforced"]
-    return res
-
-
 def read_scores(output: str, unit_id: int) -> pa.Table:
     """A unit's scores table (uid, clip_score, clip_model, clip_pretrained)."""
     fs, out = fsutil.get_fs(output)

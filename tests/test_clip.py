@@ -25,7 +25,7 @@ from curate.clip.encode import _text_fast, _vit_fast, encode_image, length_bucke
 from curate.clip.scorer import IMAGE_EMB, TEXT_EMB, ClipPreprocess, ClipScorer, score_table
 from curate.config import ClipConfig
 from curate.schema import COL, Status
-from pipelines.scoring import read_scores, score_units
+from pipelines.scoring import PassModels, read_scores, run_pass
 
 CTX = 16  # a short context so "longer than the context length" captions are cheap
 TINY = {"embed_dim": 16,
@@ -283,7 +283,7 @@ def test_score_units_through_ray(tiny, tmp_path, ray_local):
     stage_io.write_unit(out, 2, _ledger(2, [], []), [], {})  # empty unit
     cfg = ClipConfig(model=str(tiny[0]), pretrained=str(tiny[1]), device="cpu", batch_size=2,
                      save_embeddings=True)
-    res = score_units(out, [0, 1, 2, 3], cfg)  # unit 3 is not complete: left alone
+    res = run_pass(out, [0, 1, 2, 3], PassModels(cfg))  # unit 3 is not complete: left alone
     assert res["units_scored"] == 3 and res["rows"] == 4 and res["empty_units"] == 2
     s0 = read_scores(out, 0)
     assert s0[COL.UID].to_pylist() == ok_uids  # ledger order
@@ -294,7 +294,7 @@ def test_score_units_through_ray(tiny, tmp_path, ray_local):
         assert read_scores(out, u).num_rows == 0
     emb = pq.read_table(stage_io.unit_paths(out, 0)["embeddings"])
     assert emb.num_rows == 4 and emb.schema.field(TEXT_EMB).type == pa.list_(pa.float16(), 16)
-    again = score_units(out, [0, 1, 2], cfg)  # resume: nothing left to do
+    again = run_pass(out, [0, 1, 2], PassModels(cfg))  # resume: nothing left to do
     assert again["units_scored"] == 0 and again["units_skipped"] == 3
 
 
