@@ -159,7 +159,7 @@ def write_unit_scores(output: str, unit_id: int, rows: pa.Table, cfg: ClipConfig
     if rows.num_rows:
         rows = rows.take(pc.sort_indices(rows[ROW]))
     if cfg.save_embeddings:
-        from curate.clip.scorer import IMAGE_EMB, TEXT_EMB
+        from curate.clip.identity import IMAGE_EMB, TEXT_EMB  # torch-free: this runs in the driver
         emb = rows.select([COL.UID, IMAGE_EMB, TEXT_EMB]) if rows.num_rows else pa.table(
             {COL.UID: pa.array([], pa.string())})
         fsutil.atomic_write(fs, paths["embeddings"], stage_io.parquet_bytes(emb))

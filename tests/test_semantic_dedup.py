@@ -144,6 +144,20 @@ def test_load_embeddings_in_row_order(tmp_path):
     assert emb[0].tolist() == vecs[2].tolist() and emb[2].tolist() == vecs[0].tolist() and not emb[1].any()
 
 
+def test_semantic_dedup_in_the_driver_does_not_import_torch():
+    """Phase B runs semantic dedup in the driver, which stays torch-free (the column names come from
+    curate.clip.identity, not from the scorer)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, pyarrow as pa, tempfile\nfrom curate.dedup.semantic import load_embeddings\n"
+            "load_embeddings(tempfile.mkdtemp(), [0], pa.array(['u0']))\nprint('torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
 def test_real_tiny_clip_copies_are_semantic_duplicates(tmp_path):
     """A tiny open_clip model's stored embeddings: a re-encoded copy lies within ε, other images do not."""
     from curate.clip.scorer import IMAGE_EMB, score_table

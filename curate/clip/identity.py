@@ -7,6 +7,10 @@ from functools import lru_cache
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# Optional scorer outputs (stage/<unit>.emb.parquet), named here so the driver (semantic dedup, the scoring
+# pass's writer) reads them without importing torch
+IMAGE_EMB = "clip_image_emb"  # fixed_size_list<float16>[embed_dim], L2-normalised
+TEXT_EMB = "clip_text_emb"    # fixed_size_list<float16>[embed_dim], L2-normalised
 
 
 def _looks_like_path(s: str) -> bool:

@@ -19,7 +19,7 @@ import torch
 from curate.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 
 # torch-free parts, re-exported: the driver reads scorer identities without importing torch
-from curate.clip.identity import WEIGHT_SUFFIXES, _fingerprint, _looks_like_path, scorer_identity  # noqa: F401
+from curate.clip.identity import _looks_like_path, scorer_identity  # noqa: F401
 
 HUB_PROBE = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0  # seconds: an offline machine must fail within seconds, not after minutes of retries

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import Normalize, ToTensor
 
+from curate.clip.identity import IMAGE_EMB, TEXT_EMB  # optional outputs (stage/<unit>.emb.parquet)
 from curate.clip.encode import _encode_text_trimmed, _text_fast, encode_image, length_buckets
 from curate.clip.model import load_clip, load_transforms
 from curate.config import ClipConfig
@@ -26,9 +27,6 @@ from curate.schema import COL
 PIXELS = "clip_pixels"        # fixed_size_list<uint8>[H*W*3] (or <float32>[3*H*W] for non-PIL preprocess)
 PIXELS_OK = "clip_pixels_ok"  # bool: the image decoded; False rows get a null clip_score
 TOKENS = "clip_tokens"        # fixed_size_list<int32>[context_length]
-# Optional outputs (stage/<unit>.emb.parquet)
-IMAGE_EMB = "clip_image_emb"  # fixed_size_list<float16>[embed_dim], L2-normalised
-TEXT_EMB = "clip_text_emb"    # fixed_size_list<float16>[embed_dim], L2-normalised
 CPU_TEXT_OVERHEAD = 64        # tokens: fixed cost of one CPU text forward, for length_buckets' trade-off
 CPU_IMAGE_CHUNK = 32          # images per CPU image forward: a ViT-B-32 batch of 32 keeps its activations in
                               # cache; measured on 2 cores, 32 ran 1.3x faster per image than 256 (64: 1.1x)

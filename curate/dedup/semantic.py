@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from scipy import sparse
 
 from curate import fsutil
+from curate.clip.identity import IMAGE_EMB  # torch-free: semantic dedup runs in the driver
 from curate.config import DedupConfig
 from curate.dedup.cluster import OUT_SCHEMA, _rank
 from curate.layout import RunLayout
@@ -148,7 +149,8 @@ def find_semantic_duplicates(meta: pa.Table, emb: np.ndarray, has_emb: np.ndarra
     protected = np.zeros(meta.num_rows, bool) if protected is None else protected
     k = n_clusters(len(rows), cfg.semantic_clusters)
     labels = np.full(meta.num_rows, -1, np.int64)
-    labels[rows] = assign(emb[rows], kmeans(emb[rows], k, seed))
+    sub = emb[rows]
+    labels[rows] = assign(sub, kmeans(sub, k, seed))
     leader = leaders(emb, _rank(meta, rows), labels, cfg.semantic_eps, protected)
     dups = np.flatnonzero((leader >= 0) & (leader != np.arange(meta.num_rows)))
     uid = meta[COL.UID].combine_chunks()
@@ -162,8 +164,6 @@ def find_semantic_duplicates(meta: pa.Table, emb: np.ndarray, has_emb: np.ndarra
 def load_embeddings(output: str, unit_ids, uids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(emb, has): the stored image embeddings (stage/<unit>.emb.parquet, float16) of `uids`, in their order,
     zeros where a row has none, and which rows have one."""
-    from curate.clip.scorer import IMAGE_EMB  # the scorer names the column (imports torch: only when used)
-
     fs, out = fsutil.get_fs(output)
     parts = []
     for u in unit_ids:

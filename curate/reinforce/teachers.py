@@ -72,9 +72,9 @@ def _chunk(uids: list[str], images: list[bytes], captions: list[str], cfg: Reinf
     decoded = [_decode(u, b) for u, b in zip(uids, images)]
     params = [view_params(u, seed, cfg.views, im.width, im.height, cfg.min_scale) for u, im in zip(uids, decoded)]
     arrays: list[dict] = [{} for _ in uids]
+    views = [apply_view(im, p) for im, ps in zip(decoded, params) for p in ps]  # the same views for every teacher
     for t, entry in enumerate(cfg.teachers):
         teacher = load_teacher(entry, device)
-        views = [apply_view(im, p) for im, ps in zip(decoded, params) for p in ps]
         img = teacher.images(views, cfg.batch_size).reshape(len(uids), cfg.views, -1).astype(np.float16)
         txt = teacher.texts(captions, cfg.batch_size).astype(np.float16)
         for r, a in enumerate(arrays):

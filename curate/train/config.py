@@ -69,10 +69,7 @@ def check(cfg: TrainConfig) -> None:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)}")
     for key in ("steps", "warmup", "workers", "threads", "shuffle_buffer", "num_samples", "eval_every",
-                "save_every", "keep_checkpoints"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
-    for key in ("distill_weight", "distill_temperature"):
+                "save_every", "keep_checkpoints", "distill_weight", "distill_temperature"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
     if cfg.steps == 0 and cfg.epochs <= 0:
