@@ -236,14 +236,13 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def phase_a(cfg: RunConfig, units: list, times: RunTimes | None = None, in_units: bool = False) -> None:
-    """Downloads every unit not yet complete (and retries failures when asked), with progress; adds each
-    finished unit's time breakdown to `times`. in_units (models_in_units): the tasks also score and
-    reinforce the units they download."""
+def phase_a(cfg: RunConfig, units: list, done: set[int], times: RunTimes | None = None,
+            in_units: bool = False) -> None:
+    """Downloads every unit not yet complete (not in `done`: stage_io.done_units; a partial or corrupt unit
+    is redone) and retries failures when asked, with progress; adds each finished unit's time breakdown to
+    `times`. in_units (models_in_units): the tasks also score and reinforce the units they download."""
     from curate.parallel import parallel_map
-    from curate.stage_io import done_units
 
-    done = done_units(cfg.output, [u.unit_id for u in units])  # a partial or corrupt unit is redone
     todo = [u for u in units if u.unit_id not in done]
     retry = [u for u in units if u not in todo] if cfg.download.retry_failed else []
     print(f"phase A: {len(units)} units, {len(units) - len(todo)} already complete, {len(todo)} to fetch"
@@ -315,6 +314,7 @@ def phase_reinforce(cfg: RunConfig, units: list) -> None:
 def run(cfg: RunConfig) -> dict:
     """Runs (or resumes) the whole job; returns the manifest."""
     from curate.inputs.plan import plan_units
+    from curate.stage_io import done_units
     from pipelines.optout_hosts import optout_prepass, publish_hosts, warn_if_all_off
     from pipelines.select_write import phase_b_c
 
@@ -346,11 +346,13 @@ def run(cfg: RunConfig) -> dict:
         stack.enter_context(ray_up)  # Ray stops before the output's lock is released, as before
         with times.run("plan"):
             units = plan_units(cfg.input, cfg.output, cpus=cluster_cpus())
+        with times.run("verify_units"):  # once, for the pre-pass and phase A: it reads every stage tar (sha256)
+            done = done_units(cfg.output, [u.unit_id for u in units])
         with times.run("optout_hosts"):
-            optout_prepass(cfg, units)  # robots.txt and tdmrep.json per origin, before any image request
+            optout_prepass(cfg, units, done)  # robots.txt and tdmrep.json per origin, before any image request
         in_units = models_in_units(cfg)
         with times.run("phase_a"):
-            phase_a(cfg, units, times, in_units)
+            phase_a(cfg, units, done, times, in_units)
         with times.run("scoring_pass"):
             phase_scoring(cfg, units, in_units)
         if cfg.reinforce.enabled and in_units:

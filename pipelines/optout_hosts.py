@@ -68,19 +68,17 @@ def _write(fs, path: str, parts: list[pa.Table]) -> pa.Table:
     return table
 
 
-def optout_prepass(cfg: RunConfig, units: list) -> dict | None:
-    """Fetches the policies of every origin of the units not yet complete that stage/optout_hosts.parquet
-    lacks (a resumed run reuses the rows it has), in parallel tasks of ORIGINS_PER_TASK origins; writes
-    the table atomically (every FLUSH_TASKS tasks and at the end). Skipped (None) when robots_txt and
+def optout_prepass(cfg: RunConfig, units: list, done: set[int]) -> dict | None:
+    """Fetches the policies of every origin of the units not yet complete (not in `done`) that
+    stage/optout_hosts.parquet lacks (a resumed run reuses the rows it has), in parallel tasks of ORIGINS_PER_TASK
+    origins; writes the table atomically (every FLUSH_TASKS tasks and at the end). Skipped (None) when robots_txt and
     tdmrep are both off. Returns {origins, fetched, reused} and prints one line."""
     from curate.parallel import parallel_map
-    from curate.stage_io import done_units
 
     if not signals_on(cfg.download):
         return None
     fs, out = fsutil.get_fs(cfg.output)
     path = RunLayout(out).stage_optout_hosts
-    done = done_units(cfg.output, [u.unit_id for u in units])
     todo = [u.unit_id for u in units if u.unit_id not in done]
     found = parallel_map(unit_origins, [(cfg.output, c) for c in _chunks(todo, UNITS_PER_TASK)])
     origins = sorted(set().union(*found)) if found else []

@@ -23,7 +23,7 @@ CLIP_DEMO = Path(__file__).resolve().parents[2] / "pipelines" / "demo_assets" / 
 SIZE, QUALITY = 256, 95  # both tools: 256 px keep_ratio, encode quality 95 (img2dataset's default)
 BREAKDOWN = (  # (name in the result, where: run = driver phases, units = summed over units, keys summed)
     ("check_dependencies", "run", ("check_dependencies",)), ("ray_start", "run", ("ray_start",)),
-    ("plan", "run", ("plan",)), ("phase_a", "run", ("phase_a",)),
+    ("plan", "run", ("plan",)), ("verify_units", "run", ("verify_units",)), ("phase_a", "run", ("phase_a",)),
     ("read_unit", "units", ("read",)), ("prefilter", "units", ("prefilter",)),
     ("download", "units", ("download",)), ("fetch", "units", ("download.fetch",)),
     ("sha256", "units", ("download.sha256",)),
