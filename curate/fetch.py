@@ -362,12 +362,11 @@ def _retry_after(headers, cap: float) -> float | None:
 class Fetcher:
     """Thread-safe HTTP fetcher for one worker process; share one instance between the worker's threads."""
 
-    def __init__(self, dl: DownloadConfig, address_allowed=None, host_delays: dict[str, float] | None = None):
+    def __init__(self, dl: DownloadConfig, address_allowed=None):
         self.dl = dl
         allowed = address_allowed or (any_address if dl.allow_private_networks else is_public_address)
         self.resolver = Resolver(allowed)
         self.limiter = HostLimiter(dl.per_domain_concurrency, dl.per_domain_rps)
-        self.limiter.set_delays(host_delays or {})
         self.agent_token = dl.user_agent.split("/", 1)[0].strip().lower()
         self.checks = HeaderChecks(dl.robots_disallow, self.agent_token, dl.optout.headers,
                                    dl.optout.accepted_tdm_policies)
@@ -386,7 +385,7 @@ class Fetcher:
 
     def set_host_delays(self, delays: dict[str, float]) -> None:
         """Honours robots.txt Crawl-delay: {host: seconds} between request starts to that host, per process,
-        where stricter than per_domain_rps (curate.optout.hosts.HostPolicies.host_delays builds the map)."""
+        where stricter than per_domain_rps (curate.optout.stage builds the map from the optout_hosts table)."""
         self.limiter.set_delays(delays)
 
     # -------------------------------------------------------------- public entry

@@ -26,6 +26,7 @@ import pytest
 from curate.config import DownloadConfig, OptOutConfig
 from curate.fetch import Fetcher
 from curate.optout import robots, tdmrep
+from curate.optout.stage import _host_delays
 from curate.optout.hosts import (HostPolicies, crawl_delay, fetch_host_policies, honoured_agents, origin_of,
                                  robots_decision, split_url, tdmrep_decision)
 from curate.schema import table_schema
@@ -367,9 +368,10 @@ def test_crawl_delay_paces_the_fetcher_and_never_waits_past_the_deadline():
         policies = HostPolicies.from_table(table)
         assert one_row(table, origin, "robots_txt")["crawl_delay"] == 0.4
         assert crawl_delay(origin, policies, AGENTS) == 0.4
-        delays = policies.host_delays(AGENTS)
+        delays = _host_delays(table)  # the map the opt-out stage gives each worker's fetcher
         assert delays == {"127.0.0.1": 0.4}
-        fetcher = Fetcher(DL, host_delays=delays)
+        fetcher = Fetcher(DL)
+        fetcher.set_host_delays(delays)
         t0 = time.monotonic()
         assert all(fetcher.fetch(f"{origin}/{i}.jpg").status == "ok" for i in range(3))
         assert time.monotonic() - t0 >= 0.75

@@ -183,17 +183,6 @@ class HostPolicies:
             self._parsed[key] = hit
         return hit
 
-    def host_delays(self, agents: tuple[str, ...]) -> dict[str, float]:
-        """{host: Crawl-delay seconds} over all robots.txt files read (the strictest when origins share a host),
-        for Fetcher.set_host_delays."""
-        out: dict[str, float] = {}
-        for origin, signal in self._entries:
-            d = crawl_delay(origin, self, agents) if signal == ROBOTS_TXT else None
-            host = urlsplit(origin).hostname
-            if d and host:
-                out[host] = max(d, out.get(host, 0.0))
-        return out
-
 
 def _policy_for(url: str, policies: HostPolicies, signal: str):
     """(the origin's parsed policy or its outcome string, the URL's path and query); (None, None) when the URL
