@@ -18,6 +18,8 @@ import re
 import struct
 import zlib
 
+from curate.imagemeta import _JPEG_STANDALONE, _PNG_SIGNATURE  # the container walkers' constants, once
+
 C2PA, IPTC = "c2pa", "iptc"
 SCAN_MAX = 4 * 1024 * 1024   # bytes of metadata payload (XMP + JUMBF) examined per image
 MAX_SEGMENTS = 4096          # segments / chunks / boxes walked per image (a file of empty chunks stops here)
@@ -27,8 +29,6 @@ CBOR_MAX_DEPTH = 16
 _XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_JPEG_EXT = b"http://ns.adobe.com/xmp/extension/\x00"   # + GUID(32) + full length(4) + offset(4) + data
 _XMP_PNG = b"XML:com.adobe.xmp\x00"
-_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # plus:DataMining (PLUS LDF, IPTC Photo Metadata 2023.1). Every DMI-PROHIBITED* value means no use by curate:
 #   DMI-PROHIBITED                              all data mining: curate mines and builds training sets
 #   -AIMLTRAINING                               AI/ML training: what the set is for
