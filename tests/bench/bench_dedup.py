@@ -106,8 +106,9 @@ def brute_vs_index(n: int, k: int) -> dict:
             "ratio": round(t_brute / t_index, 1), "pairs": found}
 
 
-def _pool_meta(pool) -> "pa.Table":
-    """The clustering input of a labelled pool: hashes of the stored bytes, sha256, stored sizes, no CLIP."""
+def _pool_meta(pool, cfg=None) -> "pa.Table":
+    """The clustering input of a labelled pool: hashes of the stored bytes (cfg's hashing path, default
+    DedupConfig()), sha256, stored sizes, no CLIP."""
     import hashlib
     import io
 
@@ -118,7 +119,7 @@ def _pool_meta(pool) -> "pa.Table":
     from curate.dedup.hashing import add_hashes
 
     sizes = [Image.open(io.BytesIO(p.data)).size for p in pool]
-    hashed = add_hashes(pa.table({"image": [p.data for p in pool]}), DedupConfig())
+    hashed = add_hashes(pa.table({"image": [p.data for p in pool]}), cfg or DedupConfig())
     return pa.table({"uid": [f"{i:06d}" for i in range(len(pool))],
                      "sha256": [hashlib.sha256(p.data).hexdigest() for p in pool],
                      "phash": hashed["phash"], "dhash": hashed["dhash"],
@@ -263,6 +264,9 @@ def pool_quality(n_bases: int, seed: int, old_tree: str | None) -> dict:
            "after": pool_scores(pool, meta, find_duplicates(meta, cfg)),
            "hash_ceiling": hash_ceiling(pool, meta, cfg.k)}
     out["settings"] = [_setting_scores(pool, meta, replace(cfg, **kw)) for kw in SETTINGS]
+    other = replace(cfg, fast_hash=not cfg.fast_hash)  # the other hashing path, same rule: what the default costs
+    out["hashing_path"] = {"default_fast_hash": cfg.fast_hash, f"fast_hash_{other.fast_hash}".lower(): pool_scores(
+        pool, (m := _pool_meta(pool, other)), find_duplicates(m, other))}
     if old_tree:
         out["before"] = pool_scores(pool, meta, _old_drops(meta, old_tree))
     out["low_detail"] = low_detail_measures(pool, meta)
