@@ -1,7 +1,6 @@
 """Phase A for one work unit: read its rows, run the stage recipe (phase_a_stages), write stage outputs. No Ray."""
 from __future__ import annotations
 
-import ctypes
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -12,6 +11,7 @@ import pyarrow.compute as pc
 
 from curate import stage_io
 from curate.config import ClipConfig, LanguageConfig, RunConfig, TextConfig
+from curate.heap import trim_heap
 from curate.inputs.prefetch import PrefetchStage
 from curate.layout import RunLayout
 from curate.schema import COL, TRANSIENT, Status, is_retryable, ok_mask, ok_rows, set_column
@@ -113,21 +113,12 @@ def _count_images(table: pa.Table) -> int:
     return pc.sum(pc.and_(ok_mask(table), pc.is_valid(table[COL.IMAGE]))).as_py() or 0
 
 
-def _trim_heap() -> None:
-    """Returns the freed heap of a finished stage to the OS (glibc keeps it per arena, and each decode thread
-    has its own): the next stage, and the model loaded for scoring, start from a smaller RSS."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def _run_recipe(table: pa.Table, stages: list[Stage], counted: StageStats, ph: Phases | None = None) -> pa.Table:
     """run_stages, trimming the heap after the stages that leave much of it free (HEAP_HEAVY)."""
     for stage in stages:
         table = run_stages(table, [stage], counted, ph)
         if stage.name in HEAP_HEAVY:
-            _trim_heap()
+            trim_heap()
     return table
 
 

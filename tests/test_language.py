@@ -235,6 +235,47 @@ def test_engine_follows_its_seed(monkeypatch):
     assert not np.array_equal(rows, eng0.probabilities([eng0.features(t) for t in texts]))
 
 
+def test_compact_profiles_equal_langdetects_factory():
+    """Every n-gram's row holds the bits of DetectorFactory.word_lang_prob_map[gram], in the factory's language
+    order; the engine is only bit-identical to langdetect if this holds."""
+    from langdetect import detector_factory
+
+    from curate.langid.langdetect_profiles import load_profiles
+
+    detector_factory.init_factory()
+    fac, prof = detector_factory._factory, load_profiles()
+    assert prof.langs == fac.langlist and len(prof.langs) == 55
+    assert list(prof.index) == list(fac.word_lang_prob_map)  # same grams, same rows (insertion order)
+    want = np.array(list(fac.word_lang_prob_map.values()), dtype=np.float64)
+    got = np.zeros_like(want)
+    got[np.repeat(np.arange(len(got)), np.diff(prof.indptr)), prof.cols] = prof.vals
+    assert got.tobytes() == want.tobytes()
+    for g in ("a", " t", "th", "the", "東", "ё", "ij "):  # the engine's accessor, on its own
+        assert prof.row(g).tolist() == fac.word_lang_prob_map[g], g
+
+
+_ENGINE_RSS = r"""
+import sys
+sys.path.insert(0, {root!r})
+import langdetect.detector, numpy
+from langdetect import detector_factory
+from curate.langid.langdetect_port import LangdetectEngine
+rss = lambda: int(open("/proc/self/statm").read().split()[1])
+before = rss()
+LangdetectEngine(0)
+print(detector_factory._factory is None, rss() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
+def test_engine_does_not_build_langdetects_factory():
+    """The engine reads the profiles itself: langdetect's factory would add ~64 MB of RSS to each worker (#14)."""
+    out = subprocess.run([sys.executable, "-c", _ENGINE_RSS.format(root=str(ROOT))], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out[0] == "True"
+    assert int(out[1]) * os.sysconf("SC_PAGE_SIZE") < 40 * 2**20  # ~20 MB measured; the factory alone is ~64 MB
+
+
 # --------------------------------------------------------------------------------------------------
 # Short captions: the kept languages' evidence (issue 13). Measured with tests/bench/bench_language.py.
 from tests.bench import alttext  # noqa: E402

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from curate.langid.cleaning import UND, iso639_1
+from curate.langid.langdetect_profiles import load_profiles
 
 # langdetect, vectorised. langdetect's answer for a text is a deterministic function of (text, seed): it
 # reseeds its Mersenne Twister per text, draws an n-gram index per step and multiplies a 55-float vector in
@@ -27,28 +28,29 @@ _TWOPI = 2.0 * math.pi
 
 
 class LangdetectEngine:
-    """langdetect's algorithm over a batch; profiles shared with langdetect's own factory (loaded once)."""
+    """langdetect's algorithm over a batch; langdetect's profiles read compactly (once per process)."""
 
     WORD_CACHE_MAX = 500_000  # distinct normalised words whose n-gram rows are remembered
     DRAWS = 40                # random draws precomputed per chain and refill (8 rounds of 5 updates)
 
     def __init__(self, seed: int):
-        from langdetect import DetectorFactory, detector_factory
+        from langdetect import DetectorFactory
         from langdetect.detector import Detector
         from langdetect.utils.ngram import NGram
 
-        if DetectorFactory.seed is None:  # make plain langdetect calls in this process deterministic too
+        # Not used by the engine (its stream comes from `seed`): makes plain langdetect calls in this process
+        # deterministic too, and under the same seed, so they agree with the engine.
+        if DetectorFactory.seed is None:
             DetectorFactory.seed = seed
         consts = (Detector.ITERATION_LIMIT, Detector.CONV_THRESHOLD, Detector.BASE_FREQ, Detector.ALPHA_DEFAULT,
                   Detector.ALPHA_WIDTH, Detector.PROB_THRESHOLD)
         if consts != (_ITERATION_LIMIT, _CONV_THRESHOLD, _BASE_FREQ, _ALPHA, _ALPHA_WIDTH, _PROB_THRESHOLD):
             raise RuntimeError(f"langdetect's constants changed ({consts}); the vectorised engine mirrors 1.0.9")
-        detector_factory.init_factory()
-        fac = detector_factory._factory
+        # Not langdetect's DetectorFactory: its boxed-float lists cost ~64 MB of RSS per worker (issue #14).
+        self._prof = load_profiles()
         self.seed = int(seed)
-        self.langs = list(fac.langlist)
+        self.langs = list(self._prof.langs)
         self.codes = [iso639_1(c) for c in self.langs]
-        self._wmap = fac.word_lang_prob_map
         self._url_re, self._mail_re = Detector.URL_RE, Detector.MAIL_RE
         self._ngram = NGram
         self._norm: dict[int, str] = {}       # ord(ch) -> NGram.normalize(ch), filled lazily
@@ -97,7 +99,7 @@ class LangdetectEngine:
                 key = (w, k < last)
                 rows = cache.get(key)
                 if rows is None:
-                    rows = cache[key] = self._row_ids(_word_ngrams(w, k < last, self._wmap))
+                    rows = cache[key] = self._row_ids(_word_ngrams(w, k < last, self._prof.index))
                 out.extend(rows)
         return out
 
@@ -110,7 +112,7 @@ class LangdetectEngine:
                 r = rows[g] = len(rows)
                 if r >= len(self._mat):
                     self._mat = np.concatenate([self._mat, np.zeros_like(self._mat)])
-                self._mat[r] = self._wmap[g]
+                self._mat[r] = self._prof.row(g)
             out.append(r)
         return out
 
@@ -119,8 +121,10 @@ class LangdetectEngine:
         if n <= len(self._words):
             return
         n = max(n, 2 * len(self._words))
-        extra = [self._rng.getrandbits(32) for _ in range(n - len(self._words))]
-        self._words = np.concatenate([self._words, np.array(extra, dtype=np.int64)])
+        k, bits = n - len(self._words), self._rng.getrandbits
+        # fromiter, not a list: 65,536+ boxed ints at once would leave MBs of freed heap in the worker's RSS
+        extra = np.fromiter((bits(32) for _ in range(k)), dtype=np.int64, count=k)
+        self._words = np.concatenate([self._words, extra])
 
     def _gauss_at(self, pos: int) -> tuple[float, float]:
         """random.gauss's (z, gauss_next) when its two random() calls start at stream position `pos`."""
