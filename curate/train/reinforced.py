@@ -10,7 +10,7 @@ import torch
 from curate.reinforce import read_npz
 from curate.reinforce.store import image_key, text_key
 
-DEFAULT_TEACHER_SCALE = 100.0  # CLIP's clamp: trained teachers sit at it; used unless the npz stores a scale
+TEACHER_SCALE = 100.0  # every teacher's logit scale in the KL: CLIP's clamp, where trained teachers sit (the npz stores no scale)
 
 
 class NotReinforcedError(RuntimeError):
@@ -24,7 +24,7 @@ class Teachers:
     views: list[dict]              # view parameters in stored-image pixels (curate.reinforce.view_params)
     image: list[np.ndarray]
     text: list[np.ndarray]
-    scale: list[float]             # per teacher logit scale (stored, else DEFAULT_TEACHER_SCALE)
+    scale: list[float]             # per teacher logit scale (TEACHER_SCALE)
 
 
 def _where(sample: dict) -> str:
@@ -51,8 +51,7 @@ def read_teachers(sample: dict, meta: dict) -> Teachers:
             raise ValueError(f"npz: teacher {t} embeddings missing or not [views={len(views)}, D] + [1, D]")
         image.append(img)
         text.append(txt.reshape(-1, txt.shape[-1])[0])
-        stored = arrays.get(f"logit_scale_{t}")
-        scale.append(float(stored) if stored is not None else DEFAULT_TEACHER_SCALE)
+        scale.append(TEACHER_SCALE)
     if not names or not views:
         raise ValueError("reinforce: no teachers or no views recorded")
     return Teachers(names, views, image, text, scale)

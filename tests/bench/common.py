@@ -46,12 +46,14 @@ def peak_rss_mb(children: bool = False) -> float:
     return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
-def write_result(name: str, result: dict) -> Path:
-    """Writes tests/bench/results/<name>.json with machine, date and the figures; returns the path."""
+def write_result(name: str, result: dict, keep: tuple[str, ...] = ()) -> Path:
+    """Writes tests/bench/results/<name>.json with machine, date and the figures; returns the path. Keys in
+    `keep` that another benchmark adds to the same file carry over from the file as it was."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine_info(), **result}
     path = RESULTS / f"{name}.json"
+    old = json.loads(path.read_text()) if keep and path.exists() else {}
+    doc = {"benchmark": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine_info(), **result, **{k: old[k] for k in keep if k in old}}
     path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
     print(f"wrote {path}")
     return path
