@@ -362,10 +362,12 @@ def _check_reinforce(r: ReinforceConfig, seed: int) -> None:
         return
     if not r.teachers:
         raise ConfigError("reinforce.teachers: reinforce is enabled but names no teacher ('<model>|<pretrained>')")
+    from curate.reinforce.identity import parse_teacher  # the one parser of an entry (it imports this module)
     for i, t in enumerate(r.teachers):
-        if "|" not in t or not t.split("|", 1)[0].strip():
-            raise ConfigError(f"reinforce.teachers[{i}]: {t!r} is not '<model>|<pretrained>' "
-                              f"(pretrained may be empty: 'model|')")
+        try:
+            parse_teacher(t)
+        except ValueError as e:
+            raise ConfigError(f"reinforce.teachers[{i}]: {e}") from None
     if r.views < 1 or r.batch_size < 1:
         raise ConfigError(f"reinforce.views and reinforce.batch_size: must be >= 1, got {r.views}, {r.batch_size}")
     if not 0 < r.min_scale <= 1:

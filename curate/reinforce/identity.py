@@ -10,8 +10,8 @@ def parse_teacher(entry: str) -> tuple[str, str]:
     """(model, pretrained) of a reinforce.teachers entry "<model>|<pretrained>" (pretrained may be empty)."""
     model, sep, pretrained = entry.partition("|")
     if not sep or not model.strip():
-        raise ValueError(f"reinforce.teachers: {entry!r} is not '<model>|<pretrained>' (open_clip name or config "
-                         f"JSON, then a tag, weights file or checkpoint dir as clip.pretrained takes)")
+        raise ValueError(f"{entry!r} is not '<model>|<pretrained>' (open_clip name or config JSON, then a tag, "
+                         f"weights file or checkpoint dir as clip.pretrained takes; it may be empty: 'model|')")
     return model.strip(), pretrained.strip()
 
 

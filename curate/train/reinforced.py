@@ -10,7 +10,7 @@ import torch
 from curate.reinforce import read_npz
 from curate.reinforce.store import image_key, text_key
 
-TEACHER_SCALE = 100.0  # every teacher's logit scale in the KL: CLIP's clamp, where trained teachers sit (the npz stores no scale)
+TEACHER_SCALE = 100.0  # every teacher's logit scale in the KL: CLIP's clamp, where trained teachers sit
 
 
 class NotReinforcedError(RuntimeError):
