@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import scipy.fftpack
 from PIL import Image
 
 from curate.config import DedupConfig
@@ -43,6 +42,8 @@ def phash_pixels(stack: np.ndarray) -> np.ndarray:
 
     One 2-D DCT over the whole stack, done exactly as imagehash does it per image (scipy.fftpack, rows then
     columns), so the float values and hence the bits (ties at the median included) are the same."""
+    import scipy.fftpack  # the exact path only: ~28 MB of RSS that a worker on the default fast path never needs
+
     if len(stack) == 0:
         return np.zeros(0, np.uint64)
     cols = scipy.fftpack.dct(np.asarray(stack), axis=1)[:, :HASH_SIZE]  # the row transforms need 8 rows only
