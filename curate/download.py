@@ -23,6 +23,7 @@ MAX_DOMAINS_IN_STATS = 50   # hosts listed in domain_errors (the ones with most 
 _FETCHERS: dict[DownloadConfig, Fetcher] = {}
 _FETCHERS_LOCK = threading.Lock()
 
+IMAGE_CHUNK = 256  # rows of the image column built at a time (_image_column)
 _OUT_TYPES = {COL.HTTP_STATUS: pa.int16(), COL.CONTENT_TYPE: pa.string(), COL.NUM_BYTES: pa.int64(),
               COL.SHA256: pa.string(), COL.ORIG_WIDTH: pa.int32(), COL.ORIG_HEIGHT: pa.int32(),
               COL.WIDTH: pa.int32(), COL.HEIGHT: pa.int32(), COL.IMAGE_FORMAT: pa.string(), COL.IMAGE: pa.binary()}
@@ -152,10 +153,12 @@ def _write_columns(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
     table = _append_signals(table, results)
     n = table.num_rows
     for col, typ in _OUT_TYPES.items():
+        if col == COL.IMAGE:
+            table = set_column(table, col, _image_column(table, results))
+            continue
         old = table[col].to_pylist() if col in table.column_names else [None] * n
-        attr = col if col != COL.IMAGE else "image"
         for i, r in results.items():
-            old[i] = getattr(r, attr)
+            old[i] = getattr(r, col)
         table = set_column(table, col, pa.array(old, typ))
     failed = defaultdict(list)
     for i, r in results.items():
@@ -167,6 +170,22 @@ def _write_columns(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
             mask[i], details[i], messages[i] = True, results[i].detail, results[i].message
         table = set_status(table, pa.array(mask), status, details, messages)
     return table
+
+
+def _image_column(table: pa.Table, results: dict[int, RowResult]) -> pa.ChunkedArray:
+    """The image column (rows not fetched keep what they had), built IMAGE_CHUNK rows at a time, each row's
+    bytes released from `results` once copied: the unit's images never exist twice (bytes + Arrow) at once."""
+    n = table.num_rows
+    old = table[COL.IMAGE] if COL.IMAGE in table.column_names else None
+    chunks = []
+    for lo in range(0, n, IMAGE_CHUNK):
+        part = old.slice(lo, IMAGE_CHUNK).to_pylist() if old is not None else [None] * min(IMAGE_CHUNK, n - lo)
+        for k in range(len(part)):
+            r = results.get(lo + k)
+            if r is not None:
+                part[k], r.image = r.image, None
+        chunks.append(pa.array(part, pa.binary()))
+    return pa.chunked_array(chunks, pa.binary())
 
 
 def _count(results: dict[int, RowResult], seconds: float, stats: StageStats) -> None:

@@ -148,3 +148,18 @@ def test_unicode_path_and_output_formats(image_server):
         for data in out[COL.IMAGE].to_pylist():
             im = Image.open(io.BytesIO(data))
             assert (im.format, im.size) == (pil, (16, 16))
+
+
+def test_image_column_keeps_unfetched_rows_and_releases_fetched_bytes():
+    """_image_column over several IMAGE_CHUNKs: fetched rows take their result's bytes (which the result then
+    drops, so a unit's images are never held twice), other rows keep the column's earlier value."""
+    from curate import download as dlmod
+
+    n = dlmod.IMAGE_CHUNK * 2 + 7
+    before = [f"old{i}".encode() if i % 3 == 0 else None for i in range(n)]
+    table = pa.table({COL.IMAGE: pa.array(before, pa.binary())})
+    fetched = {i: dlmod.RowResult(Status.OK, None, None, "h", image=f"new{i}".encode()) for i in range(1, n, 2)}
+    col = dlmod._image_column(table, fetched)
+    assert col.to_pylist() == [f"new{i}".encode() if i in fetched else before[i] for i in range(n)]
+    assert all(r.image is None for r in fetched.values())
+    assert col.num_chunks == 3 and col.type == pa.binary()
