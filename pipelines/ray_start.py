@@ -31,10 +31,12 @@ WORKER_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}  
 # the local Ray processes also get Ray's start-up limits that have a setting raised for a slow machine
 # (a worker that registers late is killed after 60 s; the runtime-env agent gets 30 s to answer)
 RAY_ENV = {**WORKER_ENV, "RAY_worker_register_timeout_seconds": "600", "RAY_agent_register_timeout_ms": "300000"}
-# glibc gives a thread that allocates its own arena (up to 8 per core) and keeps what is freed in each: a unit
-# task's download threads left ~50 MB more per worker process, at no CPU gain (tests/bench/results/
-# pipeline_memory.json). Local Ray only, and a value set by the user wins.
-MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
+# Allocators of the local Ray processes; a value set by the user wins. glibc gives a thread that allocates its
+# own arena (up to 8 per core) and keeps what is freed in each: a unit task's download threads left ~50 MB
+# more per worker process, at no CPU gain. Arrow's default pool (mimalloc) kept ~120 MB of a unit's freed
+# image column in each worker; the system pool (glibc, trimmed after the heavy stages) returns it
+# (tests/bench/results/pipeline_memory.json).
+ALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"}
 ADVICE = ("free some CPU and rerun, pass --num-cpus 1, or start Ray yourself (`ray start --head`) and "
           "run with RAY_ADDRESS=auto")
 
@@ -115,7 +117,7 @@ def _launch(num_cpus: int | None) -> tuple[subprocess.Popen, str]:
     fd, log_path = tempfile.mkstemp(prefix="curate-ray-start-", suffix=".log")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_ENV)
-    env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
+    env.update({k: v for k, v in ALLOC_ENV.items() if k not in os.environ})
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(num_cpus or 0)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,

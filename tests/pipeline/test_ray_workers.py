@@ -24,14 +24,16 @@ def _table(n: int) -> pa.Table:
 
 
 def _score_in_a_task(scorers, table):
-    """A unit task's view: the Scorer's output, whether its worker imported torch, its malloc arena cap."""
+    """A unit task's view: the Scorer's output, whether its worker imported torch, its malloc arena cap and
+    Arrow memory pool."""
     import sys
 
     from pipelines.scoring import unit_scorer
-    return unit_scorer(scorers, 0)(table), "torch" in sys.modules, os.environ.get("MALLOC_ARENA_MAX")
+    return (unit_scorer(scorers, 0)(table), "torch" in sys.modules, os.environ.get("MALLOC_ARENA_MAX"),
+            pa.default_memory_pool().backend_name)
 
 
-def test_unit_tasks_score_through_their_nodes_actor_without_torch_and_with_capped_arenas(tmp_path):
+def test_unit_tasks_score_through_their_nodes_actor_without_torch_and_with_capped_allocators(tmp_path):
     import ray
 
     from curate.clip.scorer import score_table
@@ -44,12 +46,13 @@ def test_unit_tasks_score_through_their_nodes_actor_without_torch_and_with_cappe
     with local_session(2):
         scorers = start_unit_scorers(clip)
         try:
-            got, torch_in_task, arenas = ray.get(ray.remote(num_cpus=1)(_score_in_a_task).remote(scorers, table))
+            got, torch_in_task, arenas, pool = ray.get(ray.remote(num_cpus=1)(_score_in_a_task).remote(scorers, table))
         finally:
             stop_unit_scorers(scorers)
     assert [len(h) for h in scorers.values()] == [1]  # one node of 2 CPUs: one shared scorer
     assert not torch_in_task
     assert arenas == os.environ.get("MALLOC_ARENA_MAX", "2")
+    assert pool == os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")  # freed columns go back to the OS
     want = score_table(table, clip)
     assert got[COL.UID].to_pylist() == want[COL.UID].to_pylist()
     np.testing.assert_allclose(got[COL.CLIP_SCORE].to_numpy(), want[COL.CLIP_SCORE].to_numpy(), atol=1e-6)
