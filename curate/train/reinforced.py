@@ -24,7 +24,6 @@ class Teachers:
     views: list[dict]              # view parameters in stored-image pixels (curate.reinforce.view_params)
     image: list[np.ndarray]
     text: list[np.ndarray]
-    scale: list[float]             # per teacher logit scale (TEACHER_SCALE)
 
 
 def _where(sample: dict) -> str:
@@ -44,17 +43,16 @@ def read_teachers(sample: dict, meta: dict) -> Teachers:
         arrays = read_npz(sample["npz"])
     except Exception as e:  # decode boundary: a damaged npz is a corrupt sample
         raise ValueError(f"npz decode: {type(e).__name__}") from None
-    image, text, scale = [], [], []
+    image, text = [], []
     for t in range(len(names)):
         img, txt = arrays.get(image_key(t)), arrays.get(text_key(t))
         if img is None or txt is None or img.ndim != 2 or img.shape[0] != len(views) or txt.shape[-1] != img.shape[1]:
             raise ValueError(f"npz: teacher {t} embeddings missing or not [views={len(views)}, D] + [1, D]")
         image.append(img)
         text.append(txt.reshape(-1, txt.shape[-1])[0])
-        scale.append(TEACHER_SCALE)
     if not names or not views:
         raise ValueError("reinforce: no teachers or no views recorded")
-    return Teachers(names, views, image, text, scale)
+    return Teachers(names, views, image, text)
 
 
 def pick_view(seed: int, consumer: int, n: int, n_views: int) -> int:
@@ -71,7 +69,7 @@ def collate_teachers(rows: list[tuple[Teachers, int]]) -> dict:
                       for k in range(n_teachers)],
             "text": [torch.from_numpy(np.stack([t.text[k] for t, _ in rows]).astype(np.float32))
                      for k in range(n_teachers)],
-            "scale": torch.tensor(first.scale, dtype=torch.float32)}
+            "scale": torch.full((n_teachers,), TEACHER_SCALE, dtype=torch.float32)}
 
 
 def check_same_teachers(teachers: Teachers, expected: tuple[str, ...] | None, sample: dict) -> tuple[str, ...]:
