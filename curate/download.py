@@ -26,7 +26,7 @@ _FETCHERS_LOCK = threading.Lock()
 IMAGE_CHUNK = 256  # rows of the image column built at a time (_image_column)
 _OUT_TYPES = {COL.HTTP_STATUS: pa.int16(), COL.CONTENT_TYPE: pa.string(), COL.NUM_BYTES: pa.int64(),
               COL.SHA256: pa.string(), COL.ORIG_WIDTH: pa.int32(), COL.ORIG_HEIGHT: pa.int32(),
-              COL.WIDTH: pa.int32(), COL.HEIGHT: pa.int32(), COL.IMAGE_FORMAT: pa.string(), COL.IMAGE: pa.binary()}
+              COL.WIDTH: pa.int32(), COL.HEIGHT: pa.int32(), COL.IMAGE_FORMAT: pa.string()}  # + COL.IMAGE (_image_column)
 
 
 @dataclass(slots=True)
@@ -153,13 +153,11 @@ def _write_columns(table: pa.Table, results: dict[int, RowResult]) -> pa.Table:
     table = _append_signals(table, results)
     n = table.num_rows
     for col, typ in _OUT_TYPES.items():
-        if col == COL.IMAGE:
-            table = set_column(table, col, _image_column(table, results))
-            continue
         old = table[col].to_pylist() if col in table.column_names else [None] * n
         for i, r in results.items():
             old[i] = getattr(r, col)
         table = set_column(table, col, pa.array(old, typ))
+    table = set_column(table, COL.IMAGE, _image_column(table, results))
     failed = defaultdict(list)
     for i, r in results.items():
         if r.status != Status.OK:
