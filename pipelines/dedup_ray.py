@@ -9,17 +9,24 @@ import ray
 from curate.config import DedupConfig
 from curate.dedup.cluster import OUT_SCHEMA, find_duplicates
 from curate.dedup.mih import build, plan, table_pairs, unique_pairs
-from curate.schema import COL, Status
+from curate.schema import COL, Status, ledger_schema
 
 TASKS_PER_CPU = 4  # work items per CPU of the cluster: small enough to balance, large enough to amortise a task
-META_COLUMNS = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT]
+META_COLUMNS = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT, COL.RGB_GRID]
 
 
 def _read_meta(paths: list[str], columns: list[str]) -> pa.Table:
-    """The 'ok' rows of the stage ledgers, only the columns clustering needs."""
-    tables = [pq.read_table(p, columns=columns + [COL.STATUS], filters=[(COL.STATUS, "=", Status.OK)])
-              for p in paths]
-    return pa.concat_tables(tables).select(columns)
+    """The 'ok' rows of the stage ledgers, only the columns clustering needs (a stage ledger written before a
+    column existed gets it as nulls: rgb_grid, which the colour check then skips)."""
+    tables = []
+    for p in paths:
+        present = [c for c in columns if c in pq.read_schema(p).names]
+        t = pq.read_table(p, columns=present + [COL.STATUS], filters=[(COL.STATUS, "=", Status.OK)])
+        for c in columns:
+            if c not in present:
+                t = t.append_column(c, pa.nulls(t.num_rows, ledger_schema().field(c).type))
+        tables.append(t.select(columns))
+    return pa.concat_tables(tables)
 
 
 def _pairs_batch(batch: dict, tables: list, k: int) -> dict:
@@ -58,7 +65,7 @@ def ray_pairs(uniq: np.ndarray, k: int, max_bucket: int) -> tuple[np.ndarray, np
 def find_duplicates_ray(paths: list[str], cfg: DedupConfig = DedupConfig()) -> pa.Table:
     """find_duplicates over stage ledgers `paths`, with the pair search run as a Ray Data job spread over the
     cluster's CPUs (chunks of each table's buckets); reading and clustering on the driver, whose input is only the
-    ~40 bytes per image clustering needs and whose pair list is near-duplicates only."""
+    ~90 bytes per image clustering needs and whose pair list is near-duplicates only."""
     if not cfg.enabled or not paths:
         return OUT_SCHEMA.empty_table()
     return find_duplicates(_read_meta(paths, META_COLUMNS), cfg, pair_search=ray_pairs)

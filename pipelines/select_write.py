@@ -54,8 +54,9 @@ def dedup_drops(cfg: RunConfig, ledger: pa.Table) -> pa.Table | None:
     from curate.dedup import find_duplicates
     from pipelines.dedup_ray import ray_pairs  # the Ray Data pair search, used when spreading
 
-    cols = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT]
-    meta = ledger.filter(ok_mask(ledger)).select(cols)
+    from pipelines.dedup_ray import META_COLUMNS
+
+    meta = ledger.filter(ok_mask(ledger)).select(META_COLUMNS)
     t0 = time.time()
     spread = meta.num_rows >= cfg.dedup.spread_min and _nodes() > 1
     drops = find_duplicates(meta, cfg.dedup, pair_search=ray_pairs if spread else None)

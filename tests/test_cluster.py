@@ -3,6 +3,7 @@ leader rule against brute force (no chaining), the low-detail rule, the second s
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ from curate.dedup.cluster import SearchStats, find_duplicates, near_pairs
 from curate.dedup.hashing import add_hashes
 from curate.dedup.mih import cross_hits, plan
 from curate.schema import COL, Status
+from tests.pipeline.helpers import colour_agrees
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "clock", "hubble_deep_field",
           "immunohistochemistry", "retina", "cell", "brick", "grass", "gravel", "page", "text")
@@ -88,7 +90,7 @@ def pair_scores(groups: list[str], same: np.ndarray) -> dict:
     return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(1e-9, precision + recall)}
 
 
-def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash=None) -> pa.Table:
+def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash=None, grids=None) -> pa.Table:
     n = len(hashes)
     return pa.table({
         COL.UID: uids or [f"u{i:04d}" for i in range(n)],
@@ -98,6 +100,7 @@ def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash
         COL.CLIP_SCORE: pa.array(clip or [None] * n, pa.float32()),
         COL.WIDTH: pa.array(width or [100] * n, pa.int32()),
         COL.HEIGHT: pa.array(height or [100] * n, pa.int32()),
+        COL.RGB_GRID: pa.array(grids or [None] * n, pa.binary()),
     })
 
 
@@ -116,7 +119,7 @@ def photo_set():
     table = pa.table({COL.UID: [f"{g}|{v}" for g, v in zip(groups, variants)], COL.IMAGE: blobs})
     hashed = add_hashes(table, DedupConfig())
     n = table.num_rows
-    meta = hashed.select([COL.UID, COL.PHASH, COL.DHASH]).append_column(
+    meta = hashed.select([COL.UID, COL.PHASH, COL.DHASH, COL.RGB_GRID]).append_column(
         COL.SHA256, pa.array([f"s{i}" for i in range(n)])).append_column(
         COL.CLIP_SCORE, pa.array([None] * n, pa.float32())).append_column(
         COL.WIDTH, pa.array([256] * n, pa.int32())).append_column(COL.HEIGHT, pa.array([256] * n, pa.int32()))
@@ -191,8 +194,25 @@ def _planted(rng, n_random: int, n_planted: int, k: int) -> np.ndarray:
     return np.concatenate([base, src ^ flips])
 
 
-def _claim_detail(h, dh, low, r, s, cfg: DedupConfig) -> str | None:
+def _grids(rng, n: int) -> list:
+    """rgb_grids for n rows: a few base colourings (one grey), each row one of them shifted a little (the colour
+    check mostly agrees) or a lot (it parts them), brightened as a whole (it agrees) or in its top half only (the
+    brightness spread parts them); some rows lack a grid (no check)."""
+    base = rng.integers(0, 200, (3, 48))
+    base[2] = np.repeat(base[2, ::3], 3)  # grey: r = g = b in every cell
+    pick, how = rng.integers(0, 3, n), rng.integers(0, 5, n)
+    out = []
+    for p, h in zip(pick, how):
+        g = base[p] + (rng.integers(-3, 4, 48) if h == 0 else rng.integers(-60, 61, 48) if h == 1 else 0)
+        g = g * 1.15 if h == 2 else g * np.repeat([1.4, 1.0], 24) if h == 4 else g
+        out.append(None if h == 3 and rng.random() < 0.5 else bytes(np.clip(g, 0, 255).astype(np.uint8)))
+    return out
+
+
+def _claim_detail(h, dh, low, r, s, cfg: DedupConfig, grids=None) -> str | None:
     """The rule for one pair, the slow way: the reason detail under which leader r claims row s, or None."""
+    if grids is not None and not colour_agrees(grids[r], grids[s], cfg):
+        return None
     dist = lambda x, y: bin(int(x) ^ int(y)).count("1")
     strict = low[r] or low[s]
     if dist(h[r], h[s]) <= cfg.k:
@@ -208,7 +228,7 @@ def _claim_detail(h, dh, low, r, s, cfg: DedupConfig) -> str | None:
     return "second_hash:duplicate_of:" if ok else None
 
 
-def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig) -> dict:
+def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig, grids=None) -> dict:
     """The clustering rule written the slow way, for _meta rows (equal areas, uid = row order): rows by clip
     score (desc); the best unclaimed row claims every unclaimed row that _claim_detail allows. Returns
     {uid: reason} of the claimed rows."""
@@ -220,7 +240,7 @@ def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig) -> 
             continue
         leader[r] = r
         for s in order:
-            detail = None if s in leader else _claim_detail(h, dh, low, r, s, cfg)
+            detail = None if s in leader else _claim_detail(h, dh, low, r, s, cfg, grids)
             if detail:
                 leader[s] = r
                 out[f"u{s:04d}"] = f"duplicate:{detail}u{r:04d}"
@@ -232,12 +252,14 @@ def assert_rule_against_kept_representative(meta: pa.Table, drops: pa.Table, cfg
     dropped (the same check as tests/pipeline/helpers.py: assert_duplicate_rule, on find_duplicates' output)."""
     h = dict(zip(meta[COL.UID].to_pylist(), meta[COL.PHASH].to_pylist()))
     dh = dict(zip(meta[COL.UID].to_pylist(), meta[COL.DHASH].to_pylist()))
+    grid = dict(zip(meta[COL.UID].to_pylist(), meta[COL.RGB_GRID].to_pylist()))
     dropped = set(drops[COL.UID].to_pylist())
     dist = lambda x, y: bin(x ^ y).count("1") if None not in (x, y) else 65
     for row in drops.to_pylist():
         if ":duplicate_of:" in row[COL.REASON]:
             u, rep = row[COL.UID], row[COL.REASON].rsplit(":", 1)[1]
             assert rep not in dropped, row
+            assert colour_agrees(grid[u], grid[rep], cfg), row
             if row[COL.REASON].startswith("duplicate:second_hash:"):
                 assert dist(h[u], h[rep]) <= cfg.loose_k and dist(dh[u], dh[rep]) <= cfg.second_k, row
                 continue
@@ -248,8 +270,10 @@ def assert_rule_against_kept_representative(meta: pa.Table, drops: pa.Table, cfg
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 12), n=st.integers(2, 200), narrow=st.booleans(),
-       with_dhash=st.booleans(), low_k=st.integers(0, 10), second_k=st.integers(-1, 8), loose=st.integers(0, 8))
-def test_clustering_equals_the_greedy_rule_by_brute_force(seed, k, n, narrow, with_dhash, low_k, second_k, loose):
+       with_dhash=st.booleans(), low_k=st.integers(0, 10), second_k=st.integers(-1, 8), loose=st.integers(0, 8),
+       with_grid=st.booleans())
+def test_clustering_equals_the_greedy_rule_by_brute_force(seed, k, n, narrow, with_dhash, low_k, second_k, loose,
+                                                          with_grid):
     rng = np.random.default_rng(seed)
     h = _planted(rng, n, n // 2 + 1, k)
     if narrow:  # few distinct bits: many shared buckets and exact repeats
@@ -259,11 +283,12 @@ def test_clustering_equals_the_greedy_rule_by_brute_force(seed, k, n, narrow, wi
     kinds = np.array([0, 2**64 - 1, 0x5555AAAA5555AAAA], np.uint64)[rng.integers(0, 3, len(h))]
     noise = rng.integers(0, 2**8, len(h), dtype=np.uint64) << np.uint64(20)
     dh = [int(x) for x in kinds ^ noise] if with_dhash else [None] * len(h)
-    meta = _meta(h.tolist(), clip=clip, dhash=dh)
+    grids = _grids(rng, len(h)) if with_grid else None
+    meta = _meta(h.tolist(), clip=clip, dhash=dh, grids=grids)
     cfg = DedupConfig(k=k, max_bucket=10**9, low_detail_bits=10, low_detail_k=low_k, second_k=second_k,
                       loose_k=min(31, k + loose))
     drops = find_duplicates(meta, cfg)
-    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == _greedy_reference(h, dh, clip, cfg)
+    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == _greedy_reference(h, dh, clip, cfg, grids)
     assert_rule_against_kept_representative(meta, drops, cfg)
 
 
@@ -331,13 +356,39 @@ def test_second_search_claims_pairs_that_both_hashes_call_near():
     assert find_duplicates(meta, DedupConfig(k=8, second_k=-1)).num_rows == 0  # off: the pHash rule alone
 
 
+def test_colour_check_parts_flat_images_of_other_colours_but_not_a_brighter_or_grey_copy():
+    # plain images hash alike whatever their colour (pHash and dHash are gray, and flat): red, blue and a 10 %
+    # darker red. The colour check keeps blue apart; the darker red is the red's copy, and so are a darker and a
+    # black-and-white copy of a photo (a grey grid skips the chromaticity part). Off: the blue one is dropped too.
+    import skimage.data
+
+    photo = Image.fromarray(skimage.data.chelsea())
+    images = [Image.new("RGB", (120, 90), c) for c in ((200, 40, 40), (40, 40, 200), (180, 36, 36))]
+    images += [photo, ImageEnhance.Brightness(photo).enhance(0.85), photo.convert("L")]
+    table = pa.table({COL.UID: [f"u{i:04d}" for i in range(6)], COL.IMAGE: [_jpeg(im, 90) for im in images]})
+    hashed = add_hashes(table, DedupConfig())
+    assert all(len(g) == 48 for g in hashed[COL.RGB_GRID].to_pylist())
+    meta = _meta(hashed[COL.PHASH].to_pylist(), clip=[0.9, 0.8, 0.7, 0.9, 0.8, 0.7],
+                 dhash=hashed[COL.DHASH].to_pylist(), grids=hashed[COL.RGB_GRID].to_pylist())
+    assert meta[COL.PHASH][0] == meta[COL.PHASH][1] and meta[COL.DHASH][0] == meta[COL.DHASH][1]
+    out = find_duplicates(meta, DedupConfig())
+    assert {r[COL.UID]: r[COL.REASON] for r in out.to_pylist()} == {
+        "u0002": "duplicate:low_detail:duplicate_of:u0000", "u0004": "duplicate:duplicate_of:u0003",
+        "u0005": "duplicate:duplicate_of:u0003"}
+    assert_rule_against_kept_representative(meta, out, DedupConfig())
+    off = find_duplicates(meta, DedupConfig(colour_check=False))
+    assert set(off[COL.UID].to_pylist()) == {"u0001", "u0002", "u0004", "u0005"}
+    legacy = meta.set_column(meta.schema.get_field_index(COL.RGB_GRID), COL.RGB_GRID, pa.nulls(6, pa.binary()))
+    assert find_duplicates(legacy, DedupConfig()).equals(off)  # rows hashed by an older curate: no check
+
+
 def test_real_photos_and_low_detail_images_keep_the_distance_rule():
     from tests.bench.bench_dedup import _pool_meta, pool_scores
     from tests.bench.dedup_pool import make_pool
 
     pool = make_pool(300, seed=5)
     meta = _pool_meta(pool).rename_columns([COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH,
-                                            COL.HEIGHT])
+                                            COL.HEIGHT, COL.RGB_GRID])
     drops = find_duplicates(meta, DedupConfig())
     assert_rule_against_kept_representative(meta, drops, DedupConfig())
     scores = pool_scores(pool, meta, drops)
@@ -354,13 +405,14 @@ def test_benchmark_options_replay_the_default_rule_by_brute_force():
     from tests.bench.dedup_options import default_rule, greedy, order
     from tests.bench.dedup_pool import make_pool
 
-    pool = make_pool(300, seed=5)
+    pool = make_pool(300, seed=13)  # a pool where the colour check parts pairs that the hashes join
     meta = _pool_meta(pool)
     uid = meta["uid"].to_pylist()
     leader = greedy(default_rule(meta), order(pool))
+    assert (greedy(default_rule(meta, colour=False), order(pool)) != leader).any()
     replayed = {uid[i]: uid[leader[i]] for i in range(len(uid)) if leader[i] != i}
     drops = find_duplicates(meta.rename_columns([COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE,
-                                                 COL.WIDTH, COL.HEIGHT]), DedupConfig(exact_sha256=False))
+                                                 COL.WIDTH, COL.HEIGHT, COL.RGB_GRID]), DedupConfig(exact_sha256=False))
     assert {r[COL.UID]: r[COL.REASON].rsplit(":", 1)[1] for r in drops.to_pylist()} == replayed
     assert len(replayed) > 20
 
@@ -453,21 +505,26 @@ def test_ray_version_finds_clusters_across_units(tmp_path):
     h = _planted(rng, 60, 60, 3)
     n = len(h)
     meta = _meta(h.tolist(), sha=[f"s{i % 110}" for i in range(n)],
-                 clip=[float(x) for x in rng.random(n)], uids=[f"{i:05d}" for i in range(n)])
+                 clip=[float(x) for x in rng.random(n)], uids=[f"{i:05d}" for i in range(n)], grids=_grids(rng, n))
     status = pa.array([Status.OK] * (n - 5) + [Status.DOWNLOAD_ERROR] * 5)
     ledger = meta.append_column(COL.STATUS, status)
-    paths = []
-    for unit, rows in enumerate(np.array_split(rng.permutation(n), 3)):  # clusters span the three units
+    paths, split = [], np.array_split(rng.permutation(n), 3)  # clusters span the three units
+    for unit, rows in enumerate(split):
         paths.append(str(tmp_path / f"{unit:06d}.parquet"))
-        pq.write_table(ledger.take(pa.array(np.sort(rows))), paths[-1])
+        part = ledger.take(pa.array(np.sort(rows)))
+        pq.write_table(part.drop_columns([COL.RGB_GRID]) if unit == 2 else part, paths[-1])  # 2: an older unit
     cfg = DedupConfig(k=3, max_bucket=40)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         got = find_duplicates_ray(paths, cfg)
     finally:
         ray.shutdown()
-    ok = pa.concat_tables([pq.read_table(p) for p in paths]).filter(pa.compute.equal(pa.compute.field(COL.STATUS), Status.OK))
+    older = np.isin(np.arange(n), split[2])
+    ledger = ledger.set_column(ledger.schema.get_field_index(COL.RGB_GRID), COL.RGB_GRID, pa.array(
+        [None if old else g for old, g in zip(older, ledger[COL.RGB_GRID].to_pylist())], pa.binary()))
+    ok = ledger.filter(pa.compute.equal(ledger[COL.STATUS], Status.OK))
     want = find_duplicates(ok.drop_columns([COL.STATUS]), cfg)
+    assert not want.equals(find_duplicates(ok.drop_columns([COL.STATUS]), replace(cfg, colour_check=False)))
     assert got.sort_by(COL.UID).equals(want.sort_by(COL.UID))
     units = {u: i for i, p in enumerate(paths) for u in pq.read_table(p)[COL.UID].to_pylist()}
     spans = [r for r in got.to_pylist() if "duplicate_of:" in r[COL.REASON]

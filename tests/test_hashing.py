@@ -137,6 +137,25 @@ def test_add_hashes_on_encoded_bytes(fmt, monkeypatch):
     want = _ih(imagehash.phash, decoded).tolist()
     assert out[COL.PHASH].to_pylist() == want[:2] + [None, None] + want[2:]
     assert out[COL.DHASH].to_pylist()[2:4] == [None, None]
+    grids = out[COL.RGB_GRID].to_pylist()
+    assert grids[2:4] == [None, None] and all(len(g) == 48 for g in grids[:2] + grids[4:])
+
+
+def test_rgb_grid_is_the_colour_inside_the_frame_on_either_hashing_path():
+    # the 4x4 colour thumbnail from the stored bytes: a JPEG's draft decode (YCbCr) and the full decode agree
+    # to JPEG noise; a thin frame (which the hashes trim) is trimmed from it too; a grey image is grey
+    photo = _photo_crops(1)[0].convert("RGB")
+    plain, framed = _encode(photo, "JPEG"), _encode(ImageOps.expand(photo, border=6, fill=(255, 255, 255)), "JPEG")
+    grey = _encode(photo.convert("L"), "JPEG")
+    table = pa.table({COL.IMAGE: pa.array([plain, framed, grey], pa.binary())})
+    fast, exact = (np.frombuffer(b"".join(add_hashes(table, DedupConfig(fast_hash=f))[COL.RGB_GRID].to_pylist()),
+                                 np.uint8).reshape(3, 16, 3).astype(int) for f in (True, False))
+    want = np.asarray(photo.resize((4, 4), Image.Resampling.BOX), int).reshape(16, 3)
+    for got in (fast, exact):
+        assert np.abs(got[0] - want).max() <= 6 and np.abs(got[1] - want).max() <= 12, (got[:2], want)
+        assert (got[2] == got[2][:, :1]).all()  # r = g = b
+    assert np.abs(ImageOps.expand(photo, border=6, fill=(255, 255, 255)).resize((4, 4), Image.Resampling.BOX)
+                  .getpixel((0, 0))[0] - want[0, 0]) > 12  # untrimmed, the corner cell would move further
 
 
 def test_add_hashes_fast_path_and_empty():

@@ -27,6 +27,8 @@ TRIM_TOL = 12                      # gray levels: how far a border line may stra
 TRIM_FRACTION = 0.98               # share of a line's pixels that must be within TRIM_TOL to count as border
 TRIM_MAX = 0.10                    # a uniform run reaching this share of a side is content (sky, page), not a frame
 HASH_BATCH = 256                   # decoded images held at once by add_hashes (~50 MB at 256 px RGB)
+GRID = 4                           # rgb_grid: cells per side of the colour thumbnail (GRID * GRID * 3 bytes)
+GRID_BYTES = GRID * GRID * 3       # rgb_grid: its length
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
 
@@ -261,12 +263,25 @@ def _sample_features(images: list[Image.Image], cfg: DedupConfig) -> tuple[np.nd
     return pv @ right[:, :, :HASH_SIZE], dv @ right[:, :, HASH_SIZE:]
 
 
+def rgb_grid(img: Image.Image) -> bytes:
+    """The GRID x GRID RGB box thumbnail of an image (rows top to bottom, R G B per cell), inside the frame that
+    trim_borders cuts for the hashes. pHash and dHash are gray: this is the colour that dedup's colour check
+    compares (curate/dedup/cluster.py)."""
+    if img.mode not in ("RGB", "YCbCr", "L"):
+        img = img.convert("RGB")
+    top, bottom, left, right = _frame(np.asarray(img.convert("L")))
+    if top or bottom or left or right:
+        img = img.crop((left, top, img.width - right, img.height - bottom))
+    return img.resize((GRID, GRID), Image.Resampling.BOX).convert("RGB").tobytes()
+
+
 def _decode(data: bytes, cfg: DedupConfig) -> Image.Image | None:
-    """Decodes stored image bytes; JPEG in draft mode (DCT-domain downscale) when fast_hash is on."""
+    """Decodes stored image bytes; JPEG in draft mode (DCT-domain downscale) when fast_hash is on. A colour JPEG
+    decodes to YCbCr there: its Y is the gray that draft('L') gives (the same bits), and it keeps the colour."""
     try:
         img = open_image(data)  # format allowlist: never a Ghostscript or rare-decoder run
         if cfg.fast_hash and img.format == "JPEG":
-            img.draft("L", (FAST_DRAFT, FAST_DRAFT))
+            img.draft("YCbCr" if img.mode == "RGB" else "L", (FAST_DRAFT, FAST_DRAFT))
         img.load()
         return img
     except Exception:  # decode boundary: the image stage already validated these bytes; a failure is a null hash
@@ -274,21 +289,27 @@ def _decode(data: bytes, cfg: DedupConfig) -> Image.Image | None:
 
 
 def add_hashes(table: pa.Table, cfg: DedupConfig = DedupConfig()) -> pa.Table:
-    """Adds COL.PHASH and COL.DHASH (uint64) for rows with non-null COL.IMAGE bytes; null elsewhere
-    (also where the bytes no longer decode). Works in chunks of HASH_BATCH decoded images to bound memory."""
+    """Adds COL.PHASH and COL.DHASH (uint64) and COL.RGB_GRID (rgb_grid) for rows with non-null COL.IMAGE
+    bytes; null elsewhere (also where the bytes no longer decode). Works in chunks of HASH_BATCH decoded
+    images to bound memory."""
     n = table.num_rows
     phash, dhash = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+    grids: list = [None] * n
     valid = np.zeros(n, bool)
     column = table[COL.IMAGE] if COL.IMAGE in table.column_names else pa.nulls(n, pa.binary())
     for lo in range(0, n, HASH_BATCH):
         chunk = column.slice(lo, HASH_BATCH).to_pylist()
-        decoded = [(lo + i, _decode(b, cfg)) for i, b in enumerate(chunk) if b is not None]
-        rows = [i for i, img in decoded if img is not None]
-        if rows:
-            phash[rows], dhash[rows] = hash_images([img for _, img in decoded if img is not None], cfg)
+        decoded = [(lo + i, img) for i, b in enumerate(chunk) if b is not None
+                   if (img := _decode(b, cfg)) is not None]
+        if decoded:
+            rows = [i for i, _ in decoded]
+            phash[rows], dhash[rows] = hash_images([img for _, img in decoded], cfg)
+            for i, img in decoded:
+                grids[i] = rgb_grid(img)
             valid[rows] = True
     table = set_column(table, COL.PHASH, pa.array(phash, pa.uint64(), mask=~valid))
-    return set_column(table, COL.DHASH, pa.array(dhash, pa.uint64(), mask=~valid))
+    table = set_column(table, COL.DHASH, pa.array(dhash, pa.uint64(), mask=~valid))
+    return set_column(table, COL.RGB_GRID, pa.array(grids, pa.binary()))
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,8 @@ def brute_vs_index(n: int, k: int) -> dict:
 
 
 def _pool_meta(pool, cfg=None) -> "pa.Table":
-    """The clustering input of a labelled pool: hashes of the stored bytes (cfg's hashing path, default
-    DedupConfig()), sha256, stored sizes, no CLIP."""
+    """The clustering input of a labelled pool: hashes and colour grids of the stored bytes (cfg's hashing path,
+    default DedupConfig()), sha256, stored sizes, no CLIP."""
     import hashlib
     import io
 
@@ -125,7 +125,7 @@ def _pool_meta(pool, cfg=None) -> "pa.Table":
                      "phash": hashed["phash"], "dhash": hashed["dhash"],
                      "clip_score": pa.nulls(len(pool), pa.float32()),
                      "width": pa.array([w for w, _ in sizes], pa.int32()),
-                     "height": pa.array([h for _, h in sizes], pa.int32())})
+                     "height": pa.array([h for _, h in sizes], pa.int32()), "rgb_grid": hashed["rgb_grid"]})
 
 
 def hash_ceiling(pool, meta, k: int) -> dict:
@@ -231,7 +231,11 @@ SETTINGS = (  # the settings measured beside the default (rejected ones stay in 
     *[dict(second_k=sk, loose_k=lk) for sk in (4, 5, 6, 8) for lk in (12, 16, 20)],
     *[dict(low_detail_bits=b, low_detail_k=lk) for b in (8, 10, 12, 14, 16, 33) for lk in (5, 6, 7, 8)],
     *[dict(second_k=6, low_detail_bits=b, low_detail_k=lk) for b in (10, 12, 14) for lk in (6, 7, 8)],
+    dict(colour_check=False),  # the hash rule alone (the default before the colour check)
+    *[dict(colour_chroma=c, colour_spread=sp) for c, sp in ((0.12, 0.35), (0.15, 0.4), (0.18, 0.4), (0.2, 0.5),
+                                                            (0.25, 0.6))],
 )
+SEEDS = (1, 2, 3, 4, 5)  # other pools: the colour check's bounds were picked looking at seeds 0-3; 4 and 5 unseen
 SETTING_KEYS = ("without_copy_dropped", "groups_keeping_exactly_one", "photo_groups_keeping_exactly_one",
                 "low_detail_groups_keeping_exactly_one", "pairwise_precision", "pairwise_recall", "rule_violations")
 
@@ -241,7 +245,8 @@ def _setting_scores(pool, meta, cfg) -> dict:
     from curate.dedup.cluster import find_duplicates
 
     scores = pool_scores(pool, meta, find_duplicates(meta, cfg), cfg)
-    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k")
+    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k", "colour_check", "colour_chroma",
+              "colour_spread")
     return {"setting": {f: getattr(cfg, f) for f in fields}, **{k: scores[k] for k in SETTING_KEYS}}
 
 
@@ -269,8 +274,33 @@ def pool_quality(n_bases: int, seed: int, old_tree: str | None) -> dict:
         pool, (m := _pool_meta(pool, other)), find_duplicates(m, other))}
     if old_tree:
         out["before"] = pool_scores(pool, meta, _old_drops(meta, old_tree))
+    out["seeds"] = other_seeds(n_bases)
     out["low_detail"] = low_detail_measures(pool, meta)
     out["options"] = _options(pool, meta, cfg.k)
+    return out
+
+
+def other_seeds(n_bases: int) -> list[dict]:
+    """The default and the hash rule alone (colour_check false) on pools of other seeds: how far one pool's
+    figures carry."""
+    from dataclasses import replace
+
+    from curate.config import DedupConfig
+    from curate.dedup.cluster import find_duplicates
+    from tests.bench.dedup_pool import make_pool
+
+    out = []
+    for seed in SEEDS:
+        pool = make_pool(n_bases, seed)
+        meta = _pool_meta(pool)
+        row = {"seed": seed}
+        for name, cfg in (("default", DedupConfig()), ("colour_check_false", replace(DedupConfig(), colour_check=False))):
+            scores = pool_scores(pool, meta, find_duplicates(meta, cfg), cfg)
+            row[name] = {key: scores[key] for key in SETTING_KEYS}
+        out.append(row)
+    keys = ("without_copy_dropped", "groups_keeping_exactly_one", "pairwise_precision")
+    out.append({"mean": {name: {key: round(float(np.mean([r[name][key] for r in out])), 4) for key in keys}
+                         for name in ("default", "colour_check_false")}})
     return out
 
 

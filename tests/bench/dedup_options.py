@@ -86,9 +86,22 @@ def order(pool) -> np.ndarray:
     return np.lexsort((np.arange(len(pool)), -area))
 
 
-def default_rule(meta) -> np.ndarray:
+def colour_agreement(meta, cfg=None) -> np.ndarray:
+    """Pair matrix of the colour check (curate/dedup/cluster.py _same_colour) over the rows' rgb_grids."""
+    from curate.config import DedupConfig
+    from curate.dedup.cluster import _colours
+
+    cfg = cfg or DedupConfig()
+    gid, chroma, loglum, grey, max_chroma, max_spread = _colours(meta, np.arange(meta.num_rows), cfg)
+    assert (gid == np.arange(meta.num_rows)).all(), "every pool image has a grid"
+    near = np.abs(chroma[:, None] - chroma[None]).max(-1) <= max_chroma
+    d = loglum[:, None] - loglum[None]
+    return (near | grey[:, None] | grey[None, :]) & (d.max(-1) - d.min(-1) <= max_spread)
+
+
+def default_rule(meta, colour: bool = True) -> np.ndarray:
     """Pair matrix of DedupConfig()'s rule: pHash within k (a low-detail pair: dHash within low_detail_k too), or,
-    neither low-detail, dHash within second_k and pHash within loose_k."""
+    neither low-detail, dHash within second_k and pHash within loose_k; and (colour) the colour check."""
     from curate.config import DedupConfig
     from curate.dedup.cluster import low_detail
 
@@ -96,7 +109,8 @@ def default_rule(meta) -> np.ndarray:
     ph, dh = _hamming(meta["phash"].to_numpy()), _hamming(meta["dhash"].to_numpy())
     flat = low_detail(meta["dhash"].to_numpy(), np.ones(meta.num_rows, bool), cfg.low_detail_bits)
     lp = flat[:, None] | flat[None, :]
-    return ((ph <= cfg.k) & (~lp | (dh <= cfg.low_detail_k))) | ((dh <= cfg.second_k) & (ph <= cfg.loose_k) & ~lp)
+    hashes = ((ph <= cfg.k) & (~lp | (dh <= cfg.low_detail_k))) | ((dh <= cfg.second_k) & (ph <= cfg.loose_k) & ~lp)
+    return hashes & colour_agreement(meta, cfg) if colour else hashes
 
 
 def hash_options(pool, meta, feats: dict, k: int) -> list[dict]:
@@ -132,7 +146,9 @@ def rule_options(pool, meta, feats: dict, score) -> list[dict]:
     headline keys). L: either image low-detail (dHash imbalance >= 12). t4: mean |RGB| difference of the 4x4
     thumbnails; chroma4: the same on per-cell chromaticity (brightness-invariant); tn4: on the thumbnail divided
     by its mean (brightness-invariant, grey kept). Colour confirmations part product shots of one shape but lose
-    the brightness copies (t4 13-34 from their original, against at most 4 for 99 % of the other copies)."""
+    the brightness copies (t4 13-34 from their original, against at most 4 for 99 % of the other copies). C: the
+    default's colour check (max per-cell chromaticity and log-brightness spread, colour_agreement); the hash-only
+    rules are measured without it, the rules marked C with it."""
     from curate.dedup.cluster import low_detail
 
     ph, dh = _hamming(meta["phash"].to_numpy()), _hamming(meta["dhash"].to_numpy())
@@ -150,8 +166,15 @@ def rule_options(pool, meta, feats: dict, score) -> list[dict]:
     rank = order(pool)
     base = lambda lk: (ph <= 8) & (~lp | (dh <= lk))  # noqa: E731
     second = (dh <= 4) & (ph <= 16) & ~lp
+    c = colour_agreement(meta)
+    hashes_only = default_rule(meta, colour=False)
     rules = {
-        "default: pHash<=8 (L: and dHash<=8) | not L: dHash<=4 and pHash<=16": default_rule(meta),
+        "default: C and (pHash<=8 (L: and dHash<=8) | not L: dHash<=4 and pHash<=16)": default_rule(meta),
+        "hashes only (colour_check false)": hashes_only,
+        "C + L: pHash<=8 alone (no dHash agreement)": c & ((ph <= 8) | second),
+        "C + L too: dHash<=4 and pHash<=16": c & (base(8) | ((dh <= 4) & (ph <= 16))),
+        "C + not L: pHash<=12 and dHash<=12 (needs a k=12 search)": c & (base(8) | second | ((ph <= 12) & (dh <= 12)
+                                                                                              & ~lp)),
         "low_detail_k 6": base(6) | second,
         "low_detail_k 5": base(5) | second,
         "+ not L: pHash<=12 and dHash<=8 (needs a k=12 search)": base(8) | second | ((ph <= 12) & (dh <= 8) & ~lp),
@@ -169,17 +192,18 @@ def rule_options(pool, meta, feats: dict, score) -> list[dict]:
         "+ pHash<=14 and dHash<=12 and tn4<=3": base(8) | second | ((ph <= 14) & (dh <= 12) & (tn <= 3)),
         "+ tn4<=1 at any pHash (plain and gradient images)": base(8) | second | (tn <= 1),
         "L pairs: ph+dh<=10 (low_detail_k 6)": base(6) & (~lp | (ph + dh <= 10)) | second,
-        "L pairs: t4<=4 also required (product shots apart by colour)": default_rule(meta) & (~lp | (t4 <= 4)),
+        "L pairs: t4<=4 also required (product shots apart by colour)": hashes_only & (~lp | (t4 <= 4)),
         "flat pairs (16x16 std<2): t4<=2 instead of the hashes": np.where(flat_any, flat_both & (t4 <= 2),
-                                                                           default_rule(meta)),
+                                                                           hashes_only),
     }
     return [{"rule": name, **score(_drops(meta, greedy(m, rank)))} for name, m in rules.items()]
 
 
 NOTE = ("brute force over every pair of the pool; the replay of the default rule equals find_duplicates "
-        "(tests/test_cluster.py). None reaches all three targets, so the default stays. A pHash<=12 band needs a k=12 "
-        "search: 87-110 s against 17-19 s for k=8 at 1M planted hashes (shared 2 cores), past the 1.5x budget. Colour "
-        "rules need a stored colour code (a new ledger column) and on this pool lose precision")
+        "(tests/test_cluster.py). None reaches all three targets. A pHash<=12 band needs a k=12 search: 87-110 s "
+        "against 17-19 s for k=8 at 1M planted hashes (shared 2 cores), past the 1.5x budget. Colour as a "
+        "confirmation of looser hash bands loses precision; as a veto on the hash rule (the default's colour check, "
+        "the rgb_grid ledger column) it parts most unrelated pairs at almost no cost in groups")
 
 
 def options(pool, meta, score, k: int) -> dict:

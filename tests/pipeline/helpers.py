@@ -87,14 +87,16 @@ def assert_duplicate_rule(out: Path) -> int:
     """The dedup rule on a finished run (its config.yaml and metadata/ledger), per duplicate row and its
     representative <uid>: duplicate_of:<uid> within dedup.k on the configured hash; low_detail:duplicate_of:<uid>
     the same and the second hash within dedup.low_detail_k (or, lacking one, the same first hash);
-    second_hash:duplicate_of:<uid> the second hash within dedup.second_k and the first within dedup.loose_k. And
-    <uid> is a row of the run that no dedup decision dropped (a later global filter may have). Semantic dedup's
-    duplicate:semantic_of:<uid> rows are checked by assert_semantic_rule. Returns the number of rows checked."""
+    second_hash:duplicate_of:<uid> the second hash within dedup.second_k and the first within dedup.loose_k; with
+    dedup.colour_check, any of them also with rgb_grids that agree (colour_agrees). And <uid> is a row of the run
+    that no dedup decision dropped (a later global filter may have). Semantic dedup's duplicate:semantic_of:<uid>
+    rows are checked by assert_semantic_rule. Returns the number of rows checked."""
     from curate.dedup.cluster import hash_columns
 
     cfg = load_config(str(out / "config.yaml")).dedup
     first, second = hash_columns(cfg)
-    rows = pq.read_table(out / "metadata" / "ledger", columns=[COL.UID, COL.STATUS, COL.REASON, first, second])
+    rows = pq.read_table(out / "metadata" / "ledger",
+                         columns=[COL.UID, COL.STATUS, COL.REASON, first, second, COL.RGB_GRID])
     by_uid = {r[COL.UID]: r for r in rows.to_pylist()}
     checked = 0
     for r in by_uid.values():
@@ -113,8 +115,26 @@ def assert_duplicate_rule(out: Path) -> int:
             assert ok, f"{where}: a low-detail match without {second} within {cfg.low_detail_k}"
         if m["how"] == "second_hash:":
             assert dist(second) <= cfg.second_k, f"{where}: {dist(second)} bits on {second}, second_k={cfg.second_k}"
+        assert colour_agrees(r[COL.RGB_GRID], rep[COL.RGB_GRID], cfg), f"{where}: colours that the check parts"
         checked += 1
     return checked + assert_semantic_rule(out)
+
+
+def colour_agrees(a: bytes | None, b: bytes | None, cfg) -> bool:
+    """dedup's colour check written the slow way (curate/dedup/cluster.py _same_colour), for two rgb_grids (48
+    bytes each, or None: no check): per cell, the r, g, b shares (+8 each) apart by at most cfg.colour_chroma
+    (unless one grid is grey: every share within 0.03 of 1), and the cells' log-brightness ratios within
+    cfg.colour_spread of each other."""
+    import math
+
+    if not cfg.colour_check or a is None or b is None:
+        return True
+    cells = lambda g: [[v + 8.0 for v in g[i:i + 3]] for i in range(0, len(g), 3)]  # noqa: E731
+    shares = lambda g: [[v / (sum(c) / 3) for v in c] for c in cells(g)]  # noqa: E731
+    grey = any(all(abs(x - 1) <= 0.03 for c in shares(g) for x in c) for g in (a, b))
+    chroma = max(abs(x - y) for ca, cb in zip(shares(a), shares(b)) for x, y in zip(ca, cb))
+    ratios = [math.log(sum(ca) / sum(cb)) for ca, cb in zip(cells(a), cells(b))]
+    return (grey or chroma <= cfg.colour_chroma) and max(ratios) - min(ratios) <= cfg.colour_spread
 
 
 # the semantic dedup reason of curate/dedup/semantic.py

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.build_shards import main, prepare_output, run
+from pipelines.build_shards import RunError, main, prepare_output, run
 from tests.fault_server import ImageServer
 from tests.pipeline.helpers import run_config, served_corpus, tree_digest
 
@@ -152,6 +152,24 @@ def test_an_output_spelled_differently_resumes(tmp_path, monkeypatch):
     prepare_output(run_config(inp, "./out/x/"))  # raised "differs in: output" before
     from pipelines.build_shards import normalised
     assert normalised(run_config(inp, "./out/x/")).output == "out/x"  # what run() saves and compares
+
+
+def test_phase_b_dedup_settings_may_change_on_resume_and_an_older_config_resumes(tmp_path):
+    # the clustering rule runs again in phase B on every run: changing it (or an output saved before a rule
+    # setting existed) must not refuse the resume; a phase-A hashing setting still does
+    import yaml
+
+    inp = _url_list(tmp_path / "in")
+    out = tmp_path / "out"
+    prepare_output(run_config(inp, out))
+    prepare_output(run_config(inp, out, **{"dedup.colour_check": False, "dedup.low_detail_k": 6}))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for key in ("colour_check", "colour_chroma", "colour_spread"):
+        del saved["dedup"][key]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    prepare_output(run_config(inp, out))
+    with pytest.raises(RunError, match="differs in: dedup.fast_hash"):
+        prepare_output(run_config(inp, out, **{"dedup.fast_hash": False}))
 
 
 # ---------------------------------------------------------------- one run at a time
