@@ -116,8 +116,7 @@ class DedupConfig:
     second_k: int = 4                    # second search: pairs within this on the second hash (-1: off) ...
     loose_k: int = 16                    # ... count when the first hash is within this (crops that move pHash)
     colour_check: bool = True            # a near pair also needs like colours (rgb_grid): no cell's chromaticity ...
-    colour_chroma: float = 0.2           # ... further apart than this (r, g, b shares of a cell, 3 in all) ...
-    colour_spread: float = 0.4           # ... and the cells' log-brightness ratios within this of each other
+    colour_chroma: float = 0.15          # ... further apart than this (r, g, b over the cell's mean; grey images: no check)
     trim_borders: bool = True            # trim uniform borders before hashing
     exact_sha256: bool = True            # identical bytes are duplicates whatever their URL
     max_bucket: int = 5_000              # hashes of one search bucket that take part in comparisons (bounds giant buckets)
@@ -346,10 +345,9 @@ def check(cfg: RunConfig) -> None:
         if not (-1 if key == "second_k" else 0) <= getattr(cfg.dedup, key) < 32:
             raise ConfigError(f"dedup.{key}: must be in [{-1 if key == 'second_k' else 0}, 31], "
                               f"got {getattr(cfg.dedup, key)}")
-    for key in ("colour_chroma", "colour_spread"):
-        if not getattr(cfg.dedup, key) > 0:
-            raise ConfigError(f"dedup.{key}: must be > 0 (dedup.colour_check: false turns the check off), "
-                              f"got {getattr(cfg.dedup, key)}")
+    if not cfg.dedup.colour_chroma > 0:
+        raise ConfigError(f"dedup.colour_chroma: must be > 0 (dedup.colour_check: false turns the check off), "
+                          f"got {cfg.dedup.colour_chroma}")
     if cfg.dedup.max_bucket <= 0:
         raise ConfigError(f"dedup.max_bucket: must be > 0, got {cfg.dedup.max_bucket}")
     _check_semantic(cfg)

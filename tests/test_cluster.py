@@ -196,8 +196,8 @@ def _planted(rng, n_random: int, n_planted: int, k: int) -> np.ndarray:
 
 def _grids(rng, n: int) -> list:
     """rgb_grids for n rows: a few base colourings (one grey), each row one of them shifted a little (the colour
-    check mostly agrees) or a lot (it parts them), brightened as a whole (it agrees) or in its top half only (the
-    brightness spread parts them); some rows lack a grid (no check)."""
+    check mostly agrees) or a lot (it parts them), brightened as a whole or in its top half only (chromaticity
+    mostly stays); some rows lack a grid (no check)."""
     base = rng.integers(0, 200, (3, 48))
     base[2] = np.repeat(base[2, ::3], 3)  # grey: r = g = b in every cell
     pick, how = rng.integers(0, 3, n), rng.integers(0, 5, n)

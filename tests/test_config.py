@@ -25,8 +25,8 @@ def test_bad_types_and_choices_name_the_key():
         load_config(None, {"image.resize_mode": "stretch"})
     with pytest.raises(ConfigError, match="input.unit_size"):
         load_config(None, {"input.unit_size": 0})
-    with pytest.raises(ConfigError, match=r"dedup.colour_spread: must be > 0 \(dedup.colour_check: false"):
-        load_config(None, {"dedup.colour_spread": 0})
+    with pytest.raises(ConfigError, match=r"dedup.colour_chroma: must be > 0 \(dedup.colour_check: false"):
+        load_config(None, {"dedup.colour_chroma": 0})
 
 
 def test_yaml_then_cli_overrides(tmp_path):

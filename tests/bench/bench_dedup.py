@@ -232,10 +232,10 @@ SETTINGS = (  # the settings measured beside the default (rejected ones stay in 
     *[dict(low_detail_bits=b, low_detail_k=lk) for b in (8, 10, 12, 14, 16, 33) for lk in (5, 6, 7, 8)],
     *[dict(second_k=6, low_detail_bits=b, low_detail_k=lk) for b in (10, 12, 14) for lk in (6, 7, 8)],
     dict(colour_check=False),  # the hash rule alone (the default before the colour check)
-    *[dict(colour_chroma=c, colour_spread=sp) for c, sp in ((0.12, 0.35), (0.15, 0.4), (0.18, 0.4), (0.2, 0.5),
-                                                            (0.25, 0.6))],
+    *[dict(colour_chroma=c) for c in (0.1, 0.12, 0.2, 0.25)],
 )
-SEEDS = (1, 2, 3, 4, 5)  # other pools: the colour check's bounds were picked looking at seeds 0-3; 4 and 5 unseen
+SEEDS = (1, 2, 3, 4, 5)  # other pools: the colour check was picked looking at seeds 0-3 (and the quality pool)
+GRID_OFFSETS = (8.0, 16.0, 32.0)  # cluster.GRID_OFFSET values measured (the default is one of them)
 SETTING_KEYS = ("without_copy_dropped", "groups_keeping_exactly_one", "photo_groups_keeping_exactly_one",
                 "low_detail_groups_keeping_exactly_one", "pairwise_precision", "pairwise_recall", "rule_violations")
 
@@ -245,8 +245,7 @@ def _setting_scores(pool, meta, cfg) -> dict:
     from curate.dedup.cluster import find_duplicates
 
     scores = pool_scores(pool, meta, find_duplicates(meta, cfg), cfg)
-    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k", "colour_check", "colour_chroma",
-              "colour_spread")
+    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k", "colour_check", "colour_chroma")
     return {"setting": {f: getattr(cfg, f) for f in fields}, **{k: scores[k] for k in SETTING_KEYS}}
 
 
@@ -274,9 +273,27 @@ def pool_quality(n_bases: int, seed: int, old_tree: str | None) -> dict:
         pool, (m := _pool_meta(pool, other)), find_duplicates(m, other))}
     if old_tree:
         out["before"] = pool_scores(pool, meta, _old_drops(meta, old_tree))
+    out["grid_offset"] = grid_offsets(pool, meta)
     out["seeds"] = other_seeds(n_bases)
     out["low_detail"] = low_detail_measures(pool, meta)
     out["options"] = _options(pool, meta, cfg.k)
+    return out
+
+
+def grid_offsets(pool, meta) -> list[dict]:
+    """The default rule with the colour check's per-channel offset (cluster.GRID_OFFSET, a constant: the hue of
+    a near-black cell is JPEG noise) at GRID_OFFSETS."""
+    from curate.config import DedupConfig
+    from curate.dedup import cluster
+
+    out, default = [], cluster.GRID_OFFSET
+    try:
+        for off in GRID_OFFSETS:
+            cluster.GRID_OFFSET = off
+            scores = pool_scores(pool, meta, cluster.find_duplicates(meta, DedupConfig()))
+            out.append({"grid_offset": off, **{key: scores[key] for key in SETTING_KEYS}})
+    finally:
+        cluster.GRID_OFFSET = default
     return out
 
 

@@ -92,11 +92,9 @@ def colour_agreement(meta, cfg=None) -> np.ndarray:
     from curate.dedup.cluster import _colours
 
     cfg = cfg or DedupConfig()
-    gid, chroma, loglum, grey, max_chroma, max_spread = _colours(meta, np.arange(meta.num_rows), cfg)
+    gid, chroma, grey, max_chroma = _colours(meta, np.arange(meta.num_rows), cfg)
     assert (gid == np.arange(meta.num_rows)).all(), "every pool image has a grid"
-    near = np.abs(chroma[:, None] - chroma[None]).max(-1) <= max_chroma
-    d = loglum[:, None] - loglum[None]
-    return (near | grey[:, None] | grey[None, :]) & (d.max(-1) - d.min(-1) <= max_spread)
+    return (np.abs(chroma[:, None] - chroma[None]).max(-1) <= max_chroma) | grey[:, None] | grey[None, :]
 
 
 def default_rule(meta, colour: bool = True) -> np.ndarray:
@@ -147,7 +145,7 @@ def rule_options(pool, meta, feats: dict, score) -> list[dict]:
     thumbnails; chroma4: the same on per-cell chromaticity (brightness-invariant); tn4: on the thumbnail divided
     by its mean (brightness-invariant, grey kept). Colour confirmations part product shots of one shape but lose
     the brightness copies (t4 13-34 from their original, against at most 4 for 99 % of the other copies). C: the
-    default's colour check (max per-cell chromaticity and log-brightness spread, colour_agreement); the hash-only
+    default's colour check (max per-cell chromaticity difference, colour_agreement); the hash-only
     rules are measured without it, the rules marked C with it."""
     from curate.dedup.cluster import low_detail
 

@@ -122,19 +122,15 @@ def assert_duplicate_rule(out: Path) -> int:
 
 def colour_agrees(a: bytes | None, b: bytes | None, cfg) -> bool:
     """dedup's colour check written the slow way (curate/dedup/cluster.py _same_colour), for two rgb_grids (48
-    bytes each, or None: no check): per cell, the r, g, b shares (+8 each) apart by at most cfg.colour_chroma
-    (unless one grid is grey: every share within 0.03 of 1), and the cells' log-brightness ratios within
-    cfg.colour_spread of each other."""
-    import math
-
+    bytes each, or None: no check): per cell, each of r, g, b (+32) over the cell's mean apart by at most
+    cfg.colour_chroma, unless one grid is grey (every such share within 0.03 of 1)."""
     if not cfg.colour_check or a is None or b is None:
         return True
-    cells = lambda g: [[v + 8.0 for v in g[i:i + 3]] for i in range(0, len(g), 3)]  # noqa: E731
+    cells = lambda g: [[v + 32.0 for v in g[i:i + 3]] for i in range(0, len(g), 3)]  # noqa: E731
     shares = lambda g: [[v / (sum(c) / 3) for v in c] for c in cells(g)]  # noqa: E731
-    grey = any(all(abs(x - 1) <= 0.03 for c in shares(g) for x in c) for g in (a, b))
-    chroma = max(abs(x - y) for ca, cb in zip(shares(a), shares(b)) for x, y in zip(ca, cb))
-    ratios = [math.log(sum(ca) / sum(cb)) for ca, cb in zip(cells(a), cells(b))]
-    return (grey or chroma <= cfg.colour_chroma) and max(ratios) - min(ratios) <= cfg.colour_spread
+    if any(all(abs(x - 1) <= 0.03 for c in shares(g) for x in c) for g in (a, b)):
+        return True
+    return max(abs(x - y) for ca, cb in zip(shares(a), shares(b)) for x, y in zip(ca, cb)) <= cfg.colour_chroma
 
 
 # the semantic dedup reason of curate/dedup/semantic.py

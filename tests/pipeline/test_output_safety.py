@@ -164,7 +164,7 @@ def test_phase_b_dedup_settings_may_change_on_resume_and_an_older_config_resumes
     prepare_output(run_config(inp, out))
     prepare_output(run_config(inp, out, **{"dedup.colour_check": False, "dedup.low_detail_k": 6}))
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    for key in ("colour_check", "colour_chroma", "colour_spread"):
+    for key in ("colour_check", "colour_chroma"):
         del saved["dedup"][key]
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     prepare_output(run_config(inp, out))
