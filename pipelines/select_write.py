@@ -52,9 +52,7 @@ def dedup_drops(cfg: RunConfig, ledger: pa.Table) -> pa.Table | None:
     if not cfg.dedup.enabled:
         return None
     from curate.dedup import find_duplicates
-    from pipelines.dedup_ray import ray_pairs  # the Ray Data pair search, used when spreading
-
-    from pipelines.dedup_ray import META_COLUMNS
+    from pipelines.dedup_ray import META_COLUMNS, ray_pairs  # ray_pairs: the Ray Data pair search, when spreading
 
     meta = ledger.filter(ok_mask(ledger)).select(META_COLUMNS)
     t0 = time.time()

@@ -299,8 +299,7 @@ def add_hashes(table: pa.Table, cfg: DedupConfig = DedupConfig()) -> pa.Table:
     column = table[COL.IMAGE] if COL.IMAGE in table.column_names else pa.nulls(n, pa.binary())
     for lo in range(0, n, HASH_BATCH):
         chunk = column.slice(lo, HASH_BATCH).to_pylist()
-        decoded = [(lo + i, img) for i, b in enumerate(chunk) if b is not None
-                   if (img := _decode(b, cfg)) is not None]
+        decoded = [(lo + i, img) for i, b in enumerate(chunk) if b is not None and (img := _decode(b, cfg)) is not None]
         if decoded:
             rows = [i for i, _ in decoded]
             phash[rows], dhash[rows] = hash_images([img for _, img in decoded], cfg)
