@@ -177,21 +177,27 @@ def _sha_survivors(meta: pa.Table, ranked: np.ndarray, cfg: DedupConfig) -> np.n
 
 
 def _colours(meta: pa.Table, rows: np.ndarray, cfg: DedupConfig) -> tuple:
-    """The colour check's inputs (_same_colour): (gid, chroma, grey, max_chroma). gid[row] indexes the per-cell
-    chromaticity (r, g, b over their mean, +GRID_OFFSET each) and grey flag of `rows` that have a valid rgb_grid;
-    -1 for the others (no check: a row hashed before the grid existed, or the check is off)."""
-    gid = np.full(meta.num_rows, -1, np.int64)
-    if cfg.colour_check and COL.RGB_GRID in meta.column_names and rows.size:
+    """The colour check's inputs (_same_colour): (on, gid, chroma, grey, max_chroma). gid[row] indexes the
+    per-cell chromaticity (r, g, b over their mean, +GRID_OFFSET each) and grey flag of `rows` that have a valid
+    rgb_grid; -1 for the others (no check: a row hashed before the grid existed). Off (the check is off, or no
+    row has a grid): gid is empty, so a run without grids holds no per-row array for it."""
+    on = cfg.colour_check and COL.RGB_GRID in meta.column_names and rows.size > 0 and \
+        meta[COL.RGB_GRID].null_count < meta.num_rows
+    gid = np.full(meta.num_rows if on else 0, -1, np.int32)
+    if on:  # in place where it can be: at 16M rows the involved ones' float grids are GBs
         col = meta[COL.RGB_GRID].take(pa.array(rows)).combine_chunks()
         ok = (pc.binary_length(col).fill_null(0).to_numpy(zero_copy_only=False) == GRID_BYTES)
-        raw = _grid_bytes(col.filter(pa.array(ok)))
-        rgb = raw.reshape(-1, GRID_BYTES // 3, 3).astype(np.float32) + GRID_OFFSET
-        gid[rows[ok]] = np.arange(int(ok.sum()))
-        chroma = (rgb / rgb.mean(axis=2, keepdims=True)).reshape(len(rgb), GRID_BYTES)
+        rgb = _grid_bytes(col if ok.all() else col.filter(pa.array(ok))).reshape(-1, GRID_BYTES // 3, 3)
+        rgb = rgb.astype(np.float32)
+        del col
+        rgb += GRID_OFFSET
+        rgb /= rgb.mean(axis=2, keepdims=True)
+        gid[rows[ok]] = np.arange(len(rgb), dtype=np.int32)
+        chroma = rgb.reshape(len(rgb), GRID_BYTES)
     else:
         chroma = np.zeros((0, GRID_BYTES), np.float32)
-    grey = (np.abs(chroma - 1) <= GREY_TOL).all(axis=1)
-    return gid, chroma, grey, float(cfg.colour_chroma)
+    grey = (chroma.max(axis=1, initial=1) <= 1 + GREY_TOL) & (chroma.min(axis=1, initial=1) >= 1 - GREY_TOL)
+    return on, gid, chroma, grey, float(cfg.colour_chroma)
 
 
 def _grid_bytes(col: pa.Array) -> np.ndarray:
@@ -208,7 +214,9 @@ def _grid_bytes(col: pa.Array) -> np.ndarray:
 def _same_colour(r, s, colour):
     """The colour check: rows r and s agree unless both have an rgb_grid, neither grid is grey, and some cell's
     chromaticity differs by more than max_chroma (a brightness change leaves chromaticity as it is)."""
-    gid, chroma, grey, max_chroma = colour
+    on, gid, chroma, grey, max_chroma = colour
+    if not on:
+        return True
     a, b = gid[r], gid[s]
     if a < 0 or b < 0 or grey[a] or grey[b]:
         return True

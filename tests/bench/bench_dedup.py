@@ -47,7 +47,22 @@ def second_hashes(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> n
     return d
 
 
-def _meta(h: np.ndarray, d: np.ndarray | None = None):
+def grids(n: int, dup_fraction: float = 0.1, seed: int = 0) -> "pa.Array":
+    """rgb_grids for planted(n, ..., dup_fraction, seed): random colours, the copies their source's (the colour
+    check passes them), as one binary array of n x 48 bytes."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)  # replays planted's draws to get its sources
+    rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    m = int(n * dup_fraction)
+    src = rng.integers(0, n - m, m)
+    g = np.random.default_rng(seed + 2).integers(0, 256, (n, 48), dtype=np.uint8)
+    g[n - m:] = g[src]
+    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int64) * 48).astype(np.int32))
+    return pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(g)])
+
+
+def _meta(h: np.ndarray, d: np.ndarray | None = None, g: "pa.Array | None" = None):
     import pyarrow as pa
 
     n = len(h)
@@ -55,7 +70,7 @@ def _meta(h: np.ndarray, d: np.ndarray | None = None):
                      "phash": pa.array(h, pa.uint64()),
                      "dhash": pa.nulls(n, pa.uint64()) if d is None else pa.array(d, pa.uint64()),
                      "clip_score": pa.nulls(n, pa.float32()), "width": pa.nulls(n, pa.int32()),
-                     "height": pa.nulls(n, pa.int32())})
+                     "height": pa.nulls(n, pa.int32()), "rgb_grid": pa.nulls(n, pa.binary()) if g is None else g})
 
 
 def _high_water_mb() -> float:
@@ -75,7 +90,8 @@ def cluster_one(n: int, k: int, max_bucket: int) -> dict:
     from curate.config import DedupConfig
     from curate.dedup.cluster import SearchStats, find_duplicates
 
-    meta = _meta(planted(n, k), second_hashes(n, k))  # dHash too: the second search runs as in a real run
+    meta = _meta(planted(n, k), second_hashes(n, k), grids(n))  # dHash and colours: the second search and the
+    # colour check run as in a real run
     base = _high_water_mb()
     stats = SearchStats()
     t = time.perf_counter()

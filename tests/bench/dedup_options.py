@@ -92,7 +92,7 @@ def colour_agreement(meta, cfg=None) -> np.ndarray:
     from curate.dedup.cluster import _colours
 
     cfg = cfg or DedupConfig()
-    gid, chroma, grey, max_chroma = _colours(meta, np.arange(meta.num_rows), cfg)
+    _, gid, chroma, grey, max_chroma = _colours(meta, np.arange(meta.num_rows), cfg)
     assert (gid == np.arange(meta.num_rows)).all(), "every pool image has a grid"
     return (np.abs(chroma[:, None] - chroma[None]).max(-1) <= max_chroma) | grey[:, None] | grey[None, :]
 
