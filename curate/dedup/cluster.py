@@ -201,9 +201,8 @@ def _colours(meta: pa.Table, rows: np.ndarray, cfg: DedupConfig) -> tuple:
 
 
 def _grid_bytes(col: pa.Array) -> np.ndarray:
-    """The bytes of a binary array whose values all have GRID_BYTES, concatenated, read from its buffers."""
-    if pa.types.is_large_binary(col.type):
-        col = col.cast(pa.binary())
+    """The bytes of a binary array (the ledger's type) whose values all have GRID_BYTES, concatenated, read from
+    its buffers."""
     offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset:col.offset + len(col) + 1]
     if len(col) == 0:
         return np.zeros(0, np.uint8)

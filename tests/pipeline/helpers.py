@@ -122,13 +122,15 @@ def assert_duplicate_rule(out: Path) -> int:
 
 def colour_agrees(a: bytes | None, b: bytes | None, cfg) -> bool:
     """dedup's colour check written the slow way (curate/dedup/cluster.py _same_colour), for two rgb_grids (48
-    bytes each, or None: no check): per cell, each of r, g, b (+32) over the cell's mean apart by at most
-    cfg.colour_chroma, unless one grid is grey (every such share within 0.03 of 1)."""
+    bytes each, or None: no check): per cell, each of r, g, b (+GRID_OFFSET) over the cell's mean apart by at
+    most cfg.colour_chroma, unless one grid is grey (every such share within GREY_TOL of 1)."""
+    from curate.dedup.cluster import GREY_TOL, GRID_OFFSET
+
     if not cfg.colour_check or a is None or b is None:
         return True
-    cells = lambda g: [[v + 32.0 for v in g[i:i + 3]] for i in range(0, len(g), 3)]  # noqa: E731
+    cells = lambda g: [[v + GRID_OFFSET for v in g[i:i + 3]] for i in range(0, len(g), 3)]  # noqa: E731
     shares = lambda g: [[v / (sum(c) / 3) for v in c] for c in cells(g)]  # noqa: E731
-    if any(all(abs(x - 1) <= 0.03 for c in shares(g) for x in c) for g in (a, b)):
+    if any(all(abs(x - 1) <= GREY_TOL for c in shares(g) for x in c) for g in (a, b)):
         return True
     return max(abs(x - y) for ca, cb in zip(shares(a), shares(b)) for x, y in zip(ca, cb)) <= cfg.colour_chroma
 
