@@ -30,13 +30,20 @@ def planted(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> np.ndar
     return h
 
 
+def _sources(n: int, dup_fraction: float, seed: int) -> np.ndarray:
+    """The source row of each copy of planted(n, ..., dup_fraction, seed) (the last len(result) rows), replayed
+    from its draws."""
+    rng = np.random.default_rng(seed)
+    rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    m = int(n * dup_fraction)
+    return rng.integers(0, n - m, m)
+
+
 def second_hashes(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
     """dHashes for planted(n, k, dup_fraction, seed): random, the copies (same rows, same sources) within
     0..k bits of their source's, so the second search has real pairs to find and random ones to reject."""
-    rng = np.random.default_rng(seed)  # replays planted's draws to get its sources
-    rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
-    m = int(n * dup_fraction)
-    src = rng.integers(0, n - m, m)
+    src = _sources(n, dup_fraction, seed)
+    m = len(src)
     rng = np.random.default_rng(seed + 1)
     d = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
     flips = np.zeros(m, np.uint64)
@@ -52,12 +59,9 @@ def grids(n: int, dup_fraction: float = 0.1, seed: int = 0) -> "pa.Array":
     check passes them), as one binary array of n x 48 bytes."""
     import pyarrow as pa
 
-    rng = np.random.default_rng(seed)  # replays planted's draws to get its sources
-    rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
-    m = int(n * dup_fraction)
-    src = rng.integers(0, n - m, m)
+    src = _sources(n, dup_fraction, seed)
     g = np.random.default_rng(seed + 2).integers(0, 256, (n, 48), dtype=np.uint8)
-    g[n - m:] = g[src]
+    g[n - len(src):] = g[src]
     offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int64) * 48).astype(np.int32))
     return pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(g)])
 
