@@ -117,6 +117,8 @@ class DedupConfig:
     loose_k: int = 16                    # ... count when the first hash is within this (crops that move pHash)
     colour_check: bool = True            # a near pair also needs like colours (rgb_grid): no cell's chromaticity ...
     colour_chroma: float = 0.15          # ... further apart than this (r, g, b over the cell's mean; grey images: no check)
+    plain_detail: float = 0.5            # plain images (ledger detail below this; 0: off) hash as noise: they match by colour ...
+    plain_tol: float = 1.5               # ... rgb_grids over their mean brightness (x128) within this, mean per value
     trim_borders: bool = True            # trim uniform borders before hashing
     exact_sha256: bool = True            # identical bytes are duplicates whatever their URL
     max_bucket: int = 5_000              # hashes of one search bucket that take part in comparisons (bounds giant buckets)
@@ -348,6 +350,9 @@ def check(cfg: RunConfig) -> None:
     if not cfg.dedup.colour_chroma > 0:
         raise ConfigError(f"dedup.colour_chroma: must be > 0 (dedup.colour_check: false turns the check off), "
                           f"got {cfg.dedup.colour_chroma}")
+    if cfg.dedup.plain_detail < 0 or not cfg.dedup.plain_tol > 0:
+        raise ConfigError(f"dedup.plain_detail: must be >= 0 (0: off) and dedup.plain_tol > 0, got "
+                          f"{cfg.dedup.plain_detail} and {cfg.dedup.plain_tol}")
     if cfg.dedup.max_bucket <= 0:
         raise ConfigError(f"dedup.max_bucket: must be > 0, got {cfg.dedup.max_bucket}")
     _check_semantic(cfg)

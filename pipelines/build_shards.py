@@ -29,7 +29,7 @@ RESUME_NEUTRAL = ("overwrite", "progress", "num_cpus", "ray_address", "max_units
                   "dedup.k", "dedup.max_bucket", "dedup.spread_min", "dedup.eval_hashes", "dedup.semantic",
                   "dedup.semantic_eps", "dedup.semantic_clusters", "dedup.hash", "dedup.low_detail_bits",
                   "dedup.low_detail_k", "dedup.second_k", "dedup.loose_k", "dedup.exact_sha256",
-                  "dedup.colour_check", "dedup.colour_chroma")
+                  "dedup.colour_check", "dedup.colour_chroma", "dedup.plain_detail", "dedup.plain_tol")
 
 
 class RunError(RuntimeError):

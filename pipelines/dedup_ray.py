@@ -12,12 +12,13 @@ from curate.dedup.mih import build, plan, table_pairs, unique_pairs
 from curate.schema import COL, Status, ledger_schema
 
 TASKS_PER_CPU = 4  # work items per CPU of the cluster: small enough to balance, large enough to amortise a task
-META_COLUMNS = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT, COL.RGB_GRID]
+META_COLUMNS = [COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH, COL.HEIGHT, COL.RGB_GRID,
+                COL.DETAIL]
 
 
 def _read_meta(paths: list[str], columns: list[str]) -> pa.Table:
     """The 'ok' rows of the stage ledgers, only the columns clustering needs (a stage ledger written before a
-    column existed gets it as nulls: rgb_grid, which the colour check then skips)."""
+    column existed gets it as nulls: rgb_grid, which the colour check then skips, and detail: not plain)."""
     tables = []
     for p in paths:
         present = [c for c in columns if c in pq.read_schema(p).names]

@@ -17,7 +17,7 @@ from curate.dedup.cluster import SearchStats, find_duplicates, near_pairs
 from curate.dedup.hashing import add_hashes
 from curate.dedup.mih import cross_hits, plan
 from curate.schema import COL, Status
-from tests.pipeline.helpers import colour_agrees
+from tests.pipeline.helpers import colour_agrees, plain_agrees
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "clock", "hubble_deep_field",
           "immunohistochemistry", "retina", "cell", "brick", "grass", "gravel", "page", "text")
@@ -90,7 +90,8 @@ def pair_scores(groups: list[str], same: np.ndarray) -> dict:
     return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(1e-9, precision + recall)}
 
 
-def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash=None, grids=None) -> pa.Table:
+def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash=None, grids=None,
+          details=None) -> pa.Table:
     n = len(hashes)
     return pa.table({
         COL.UID: uids or [f"u{i:04d}" for i in range(n)],
@@ -101,6 +102,7 @@ def _meta(hashes, sha=None, clip=None, width=None, height=None, uids=None, dhash
         COL.WIDTH: pa.array(width or [100] * n, pa.int32()),
         COL.HEIGHT: pa.array(height or [100] * n, pa.int32()),
         COL.RGB_GRID: pa.array(grids or [None] * n, pa.binary()),
+        COL.DETAIL: pa.array(details or [None] * n, pa.float32()),
     })
 
 
@@ -209,10 +211,19 @@ def _grids(rng, n: int) -> list:
     return out
 
 
-def _claim_detail(h, dh, low, r, s, cfg: DedupConfig, grids=None) -> str | None:
+def _claim_detail(h, dh, low, r, s, cfg: DedupConfig, grids=None, details=None) -> str | None:
     """The rule for one pair, the slow way: the reason detail under which leader r claims row s, or None."""
     if grids is not None and not colour_agrees(grids[r], grids[s], cfg):
         return None
+    by_hash = _hash_detail(h, dh, low, r, s, cfg)
+    if by_hash or details is None or grids is None:
+        return by_hash
+    rows = [{COL.DETAIL: details[i], COL.RGB_GRID: grids[i]} for i in (r, s)]
+    return "plain:duplicate_of:" if cfg.plain_detail > 0 and plain_agrees(*rows, cfg) else None
+
+
+def _hash_detail(h, dh, low, r, s, cfg: DedupConfig) -> str | None:
+    """The hash part of the rule for one pair: duplicate_of, low_detail or second_hash, or None."""
     dist = lambda x, y: bin(int(x) ^ int(y)).count("1")
     strict = low[r] or low[s]
     if dist(h[r], h[s]) <= cfg.k:
@@ -228,7 +239,7 @@ def _claim_detail(h, dh, low, r, s, cfg: DedupConfig, grids=None) -> str | None:
     return "second_hash:duplicate_of:" if ok else None
 
 
-def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig, grids=None) -> dict:
+def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig, grids=None, details=None) -> dict:
     """The clustering rule written the slow way, for _meta rows (equal areas, uid = row order): rows by clip
     score (desc); the best unclaimed row claims every unclaimed row that _claim_detail allows. Returns
     {uid: reason} of the claimed rows."""
@@ -240,7 +251,7 @@ def _greedy_reference(h: np.ndarray, dh: list, clip: list, cfg: DedupConfig, gri
             continue
         leader[r] = r
         for s in order:
-            detail = None if s in leader else _claim_detail(h, dh, low, r, s, cfg, grids)
+            detail = None if s in leader else _claim_detail(h, dh, low, r, s, cfg, grids, details)
             if detail:
                 leader[s] = r
                 out[f"u{s:04d}"] = f"duplicate:{detail}u{r:04d}"
@@ -253,6 +264,8 @@ def assert_rule_against_kept_representative(meta: pa.Table, drops: pa.Table, cfg
     h = dict(zip(meta[COL.UID].to_pylist(), meta[COL.PHASH].to_pylist()))
     dh = dict(zip(meta[COL.UID].to_pylist(), meta[COL.DHASH].to_pylist()))
     grid = dict(zip(meta[COL.UID].to_pylist(), meta[COL.RGB_GRID].to_pylist()))
+    plain = {r[COL.UID]: r for r in meta.select([COL.UID, COL.DETAIL, COL.RGB_GRID]).to_pylist()} \
+        if COL.DETAIL in meta.column_names else {}
     dropped = set(drops[COL.UID].to_pylist())
     dist = lambda x, y: bin(x ^ y).count("1") if None not in (x, y) else 65
     for row in drops.to_pylist():
@@ -260,6 +273,9 @@ def assert_rule_against_kept_representative(meta: pa.Table, drops: pa.Table, cfg
             u, rep = row[COL.UID], row[COL.REASON].rsplit(":", 1)[1]
             assert rep not in dropped, row
             assert colour_agrees(grid[u], grid[rep], cfg), row
+            if row[COL.REASON].startswith("duplicate:plain:"):
+                assert plain_agrees(plain[u], plain[rep], cfg), row
+                continue
             if row[COL.REASON].startswith("duplicate:second_hash:"):
                 assert dist(h[u], h[rep]) <= cfg.loose_k and dist(dh[u], dh[rep]) <= cfg.second_k, row
                 continue
@@ -271,9 +287,9 @@ def assert_rule_against_kept_representative(meta: pa.Table, drops: pa.Table, cfg
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(0, 12), n=st.integers(2, 200), narrow=st.booleans(),
        with_dhash=st.booleans(), low_k=st.integers(0, 10), second_k=st.integers(-1, 8), loose=st.integers(0, 8),
-       with_grid=st.booleans())
+       with_grid=st.booleans(), plain_tol=st.sampled_from([0.0, 0.5, 1.5, 4.0]))
 def test_clustering_equals_the_greedy_rule_by_brute_force(seed, k, n, narrow, with_dhash, low_k, second_k, loose,
-                                                          with_grid):
+                                                          with_grid, plain_tol):
     rng = np.random.default_rng(seed)
     h = _planted(rng, n, n // 2 + 1, k)
     if narrow:  # few distinct bits: many shared buckets and exact repeats
@@ -284,11 +300,14 @@ def test_clustering_equals_the_greedy_rule_by_brute_force(seed, k, n, narrow, wi
     noise = rng.integers(0, 2**8, len(h), dtype=np.uint64) << np.uint64(20)
     dh = [int(x) for x in kinds ^ noise] if with_dhash else [None] * len(h)
     grids = _grids(rng, len(h)) if with_grid else None
-    meta = _meta(h.tolist(), clip=clip, dhash=dh, grids=grids)
+    # plain rows (detail under plain_detail, some null) whose grids are close, some in brightness too; 0: off
+    details = [None if x == 0 else float(x) for x in rng.choice([0.0, 0.1, 0.3, 5.0], len(h))]
+    meta = _meta(h.tolist(), clip=clip, dhash=dh, grids=grids, details=details)
     cfg = DedupConfig(k=k, max_bucket=10**9, low_detail_bits=10, low_detail_k=low_k, second_k=second_k,
-                      loose_k=min(31, k + loose))
+                      loose_k=min(31, k + loose), plain_detail=0.5 if plain_tol else 0.0, plain_tol=plain_tol or 1.0)
     drops = find_duplicates(meta, cfg)
-    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == _greedy_reference(h, dh, clip, cfg, grids)
+    assert {r[COL.UID]: r[COL.REASON] for r in drops.to_pylist()} == _greedy_reference(h, dh, clip, cfg, grids,
+                                                                                      details)
     assert_rule_against_kept_representative(meta, drops, cfg)
 
 
@@ -382,13 +401,45 @@ def test_colour_check_parts_flat_images_of_other_colours_but_not_a_brighter_or_g
     assert find_duplicates(legacy, DedupConfig()).equals(off)  # rows hashed by an older curate: no check
 
 
+def _plain_image(rng, colour, size=(120, 90), sigma=3.0) -> Image.Image:
+    a = np.array(colour, np.float32) + rng.normal(0, sigma, (size[1], size[0], 1))
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def test_plain_images_match_by_colour_when_their_hashes_are_noise():
+    # a plain colour with noise, re-encoded at q25 and downscaled: its pHash is the noise's, far past k, so the
+    # hashes alone keep the copies; the plain rule claims them by colour. Another hue, the same hue 20 % brighter
+    # and a photo stay. Plain images' details are far under plain_detail, the photo's far over.
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    base = _plain_image(rng, (120, 160, 200))
+    images = [_jpeg(base, 95), _jpeg(base, 25), _jpeg(base.resize((72, 54), Image.BILINEAR), 95),
+              _jpeg(_plain_image(rng, (200, 160, 120)), 95), _jpeg(_plain_image(rng, (144, 192, 240)), 95),
+              _jpeg(Image.fromarray(skimage.data.chelsea()).resize((120, 90)), 95)]
+    table = pa.table({COL.UID: [f"u{i:04d}" for i in range(6)], COL.IMAGE: images})
+    hashed = add_hashes(table, DedupConfig())
+    detail = hashed[COL.DETAIL].to_pylist()
+    assert max(detail[:5]) < 0.25 and detail[5] > 5, detail
+    meta = _meta(hashed[COL.PHASH].to_pylist(), clip=[0.9, 0.8, 0.7, 0.9, 0.9, 0.9],
+                 dhash=hashed[COL.DHASH].to_pylist(), grids=hashed[COL.RGB_GRID].to_pylist(), details=detail)
+    ph = np.array(hashed[COL.PHASH].to_pylist(), np.uint64)
+    assert int(np.bitwise_count(ph[1] ^ ph[0])) > DedupConfig().loose_k  # noise: no hash rule reaches the q25 copy
+    out = {r[COL.UID]: r[COL.REASON] for r in find_duplicates(meta, DedupConfig()).to_pylist()}
+    assert out.keys() == {"u0001", "u0002"} and out["u0001"] == "duplicate:plain:duplicate_of:u0000", out
+    assert out["u0002"].endswith("duplicate_of:u0000"), out  # the downscaled copy: its pHash happens to lie near
+    assert_rule_against_kept_representative(meta, find_duplicates(meta, DedupConfig()), DedupConfig())
+    assert "u0001" not in find_duplicates(meta, DedupConfig(plain_detail=0))[COL.UID].to_pylist()  # off
+    older = meta.set_column(meta.schema.get_field_index(COL.DETAIL), COL.DETAIL, pa.nulls(6, pa.float32()))
+    assert "u0001" not in find_duplicates(older, DedupConfig())[COL.UID].to_pylist()  # an older curate's rows
+
+
 def test_real_photos_and_low_detail_images_keep_the_distance_rule():
     from tests.bench.bench_dedup import _pool_meta, pool_scores
     from tests.bench.dedup_pool import make_pool
 
     pool = make_pool(300, seed=5)
-    meta = _pool_meta(pool).rename_columns([COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE, COL.WIDTH,
-                                            COL.HEIGHT, COL.RGB_GRID])
+    meta = _pool_meta(pool)  # its column names are the ledger's
     drops = find_duplicates(meta, DedupConfig())
     assert_rule_against_kept_representative(meta, drops, DedupConfig())
     scores = pool_scores(pool, meta, drops)
@@ -410,9 +461,9 @@ def test_benchmark_options_replay_the_default_rule_by_brute_force():
     uid = meta["uid"].to_pylist()
     leader = greedy(default_rule(meta), order(pool))
     assert (greedy(default_rule(meta, colour=False), order(pool)) != leader).any()
+    assert (greedy(default_rule(meta, plain=False), order(pool)) != leader).any()  # the plain rule matters too
     replayed = {uid[i]: uid[leader[i]] for i in range(len(uid)) if leader[i] != i}
-    drops = find_duplicates(meta.rename_columns([COL.UID, COL.SHA256, COL.PHASH, COL.DHASH, COL.CLIP_SCORE,
-                                                 COL.WIDTH, COL.HEIGHT, COL.RGB_GRID]), DedupConfig(exact_sha256=False))
+    drops = find_duplicates(meta, DedupConfig(exact_sha256=False))
     assert {r[COL.UID]: r[COL.REASON].rsplit(":", 1)[1] for r in drops.to_pylist()} == replayed
     assert len(replayed) > 20
 

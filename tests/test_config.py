@@ -27,6 +27,9 @@ def test_bad_types_and_choices_name_the_key():
         load_config(None, {"input.unit_size": 0})
     with pytest.raises(ConfigError, match=r"dedup.colour_chroma: must be > 0 \(dedup.colour_check: false"):
         load_config(None, {"dedup.colour_chroma": 0})
+    for bad in ({"dedup.plain_detail": -1}, {"dedup.plain_tol": 0}):
+        with pytest.raises(ConfigError, match=r"dedup.plain_detail: must be >= 0 \(0: off\) and dedup.plain_tol > 0"):
+            load_config(None, bad)
 
 
 def test_yaml_then_cli_overrides(tmp_path):

@@ -139,6 +139,22 @@ def test_add_hashes_on_encoded_bytes(fmt, monkeypatch):
     assert out[COL.DHASH].to_pylist()[2:4] == [None, None]
     grids = out[COL.RGB_GRID].to_pylist()
     assert grids[2:4] == [None, None] and all(len(g) == 48 for g in grids[:2] + grids[4:])
+    details = out[COL.DETAIL].to_pylist()
+    assert details[2:4] == [None, None] and all(d > 1 for d in details[:2] + details[4:]), details
+
+
+def test_detail_parts_plain_images_from_photos_on_either_hashing_path():
+    # the AC energy of the low DCT that pHash thresholds, in gray levels: a plain colour with JPEG and pixel
+    # noise stays far under dedup.plain_detail (0.5) at any size, a smooth gradient and photo crops far over
+    rng = np.random.default_rng(1)
+    plain = [Image.fromarray(np.clip(np.array(c, np.float32) + rng.normal(0, 3, (h, w, 1)), 0, 255).astype(np.uint8))
+             for c, (w, h) in (((200, 40, 40), (64, 48)), ((30, 30, 30), (256, 200)), ((250, 250, 240), (900, 700)))]
+    ramp = Image.fromarray(np.tile(np.linspace(60, 200, 128, dtype=np.uint8), (96, 1))).convert("RGB")
+    images = plain + [ramp] + [im.convert("RGB") for im in _photo_crops(3)]
+    table = pa.table({COL.IMAGE: pa.array([_encode(im, "JPEG") for im in images], pa.binary())})
+    for fast in (True, False):
+        detail = add_hashes(table, DedupConfig(fast_hash=fast))[COL.DETAIL].to_pylist()
+        assert max(detail[:3]) < DedupConfig().plain_detail and min(detail[3:]) > 5, (fast, detail)
 
 
 def test_rgb_grid_is_the_colour_inside_the_frame_on_either_hashing_path():

@@ -29,6 +29,7 @@ TRIM_MAX = 0.10                    # a uniform run reaching this share of a side
 HASH_BATCH = 256                   # decoded images held at once by add_hashes (~50 MB at 256 px RGB)
 GRID = 4                           # rgb_grid: cells per side of the colour thumbnail (GRID * GRID * 3 bytes)
 GRID_BYTES = GRID * GRID * 3       # rgb_grid: its length
+DC_SCALE = 4 * PHASH_SIDE * PHASH_SIDE  # the low DCT's DC term is this x the mean gray (scipy's unnormalised DCT-II)
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
 
@@ -39,19 +40,29 @@ def _bits_to_uint64(bits: np.ndarray) -> np.ndarray:
     return packed.view(">u8").reshape(-1).astype(np.uint64)
 
 
-def phash_pixels(stack: np.ndarray) -> np.ndarray:
-    """pHash of a (N, 32, 32) stack of grayscale pixels -> (N,) uint64.
-
-    One 2-D DCT over the whole stack, done exactly as imagehash does it per image (scipy.fftpack, rows then
-    columns), so the float values and hence the bits (ties at the median included) are the same."""
+def _low_dct(stack: np.ndarray) -> np.ndarray:
+    """(N, 64) low 8x8 DCT of a (N, 32, 32) stack of grayscale pixels, computed exactly as imagehash does it per
+    image (scipy.fftpack, rows then columns), so the float values (ties at the median included) are the same."""
     import scipy.fftpack  # the exact path only: ~28 MB of RSS that a worker on the default fast path never needs
 
+    cols = scipy.fftpack.dct(np.asarray(stack), axis=1)[:, :HASH_SIZE]  # the row transforms need 8 rows only
+    return scipy.fftpack.dct(cols, axis=2)[:, :, :HASH_SIZE].reshape(len(stack), -1)
+
+
+def phash_pixels(stack: np.ndarray) -> np.ndarray:
+    """pHash of a (N, 32, 32) stack of grayscale pixels -> (N,) uint64, bit for bit imagehash's."""
     if len(stack) == 0:
         return np.zeros(0, np.uint64)
-    cols = scipy.fftpack.dct(np.asarray(stack), axis=1)[:, :HASH_SIZE]  # the row transforms need 8 rows only
-    low = scipy.fftpack.dct(cols, axis=2)[:, :, :HASH_SIZE].reshape(len(stack), -1)
-    med = np.median(low, axis=1, keepdims=True)
-    return _bits_to_uint64(low > med)
+    low = _low_dct(stack)
+    return _bits_to_uint64(low > np.median(low, axis=1, keepdims=True))
+
+
+def detail(low: np.ndarray) -> np.ndarray:
+    """(N,) float32 from (N, 64) low DCTs: the root sum of squares of the 63 AC terms over DC_SCALE, i.e. how
+    much the image's coarse (8x8) structure varies, in gray levels. A plain image scores well under 1, a
+    photo tens: below dedup.plain_detail an image is plain, its pHash and dHash are its noise, and dedup
+    matches it by colour instead (curate/dedup/cluster.py)."""
+    return (np.sqrt(np.square(low[:, 1:], dtype=np.float64).sum(axis=1)) / DC_SCALE).astype(np.float32)
 
 
 def dhash_pixels(stack: np.ndarray) -> np.ndarray:
@@ -108,7 +119,8 @@ def _gray(img: Image.Image, cfg: DedupConfig) -> Image.Image:
 
 def hash_images(images: list[Image.Image], cfg: DedupConfig = DedupConfig(),
                 dhash: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """(phash, dhash) uint64 arrays for decoded PIL images (dhash None when not asked for).
+    """(phash, dhash) uint64 arrays for decoded PIL images (dhash None when not asked for). _hash_features
+    gives their detail too.
 
     Exact (fast_hash off): per image only PIL's convert('L') and LANCZOS resizes run in Python's loop, bits
     come from one batched DCT; with trim_borders off too, both equal imagehash.phash / imagehash.dhash bit for
@@ -121,6 +133,12 @@ def hash_images(images: list[Image.Image], cfg: DedupConfig = DedupConfig(),
     pixels of the small decode): 0.89 bits from decode + imagehash.phash, 1.8x its speed (decode-bound).
     Near-duplicate F1 at k=8 on tests/test_cluster.py's photo set: clusters 0.983 from bytes, as exact
     (pairwise 0.976, exact 0.967); pairwise 0.920 from decoded images, where sampling aliases."""
+    return _hash_features(images, cfg, dhash)[:2]
+
+
+def _hash_features(images: list[Image.Image], cfg: DedupConfig,
+                   dhash: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(phash, dhash, detail) for decoded PIL images: hash_images' hashes and the detail of the same low DCT."""
     if cfg.fast_hash:
         return _fast_hashes(images, cfg, dhash)
     p32 = np.empty((len(images), PHASH_SIDE, PHASH_SIDE), np.uint8)
@@ -130,7 +148,9 @@ def hash_images(images: list[Image.Image], cfg: DedupConfig = DedupConfig(),
         p32[i] = np.asarray(gray.resize((PHASH_SIDE, PHASH_SIDE), LANCZOS))
         if dhash:
             d98[i] = np.asarray(gray.resize((HASH_SIZE + 1, HASH_SIZE), LANCZOS))
-    return phash_pixels(p32), (dhash_pixels(d98) if dhash else None)
+    low = _low_dct(p32) if len(images) else np.zeros((0, HASH_SIZE * HASH_SIZE))
+    return (_bits_to_uint64(low > np.median(low, axis=1, keepdims=True)), (dhash_pixels(d98) if dhash else None),
+            detail(low))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -217,12 +237,14 @@ def _trim_samples(images: list[Image.Image], gray: np.ndarray) -> None:
             gray[i] = np.asarray(trimmed.resize(FAST_GRID, NEAREST))
 
 
-def _fast_hashes(images: list[Image.Image], cfg: DedupConfig, dhash: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _fast_hashes(images: list[Image.Image], cfg: DedupConfig,
+                 dhash: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Fast, not bit-exact hashes. Small images (up to FAST_FULL_PIXELS, or a side under FAST_GRID's rows:
     what a JPEG draft decode gives) use all their pixels (_full_features). Larger ones are nearest-sampled
     on FAST_GRID (_sample_features): one PIL call that reads 64 of their lines, since reading every pixel, as
     any area filter must, costs more than the whole 10x budget; the loss is aliasing from the unread pixels.
-    Either way the 32 px LANCZOS, the DCT and the 9x8 dHash resize run as small matrix products."""
+    Either way the 32 px LANCZOS, the DCT and the 9x8 dHash resize run as small matrix products. Returns
+    (phash, dhash, detail)."""
     n = len(images)
     sizes = [img.size for img in images]
     full = np.array([w * h <= FAST_FULL_PIXELS or min(w, h) < FAST_GRID[1] for w, h in sizes], bool)
@@ -239,7 +261,7 @@ def _fast_hashes(images: list[Image.Image], cfg: DedupConfig, dhash: bool) -> tu
     flat[np.abs(flat) <= FLAT_EPS * np.abs(flat[:, :1])] = 0  # a flat image's AC terms are float noise: zero them,
     phash = _bits_to_uint64(flat > np.median(flat, axis=1, keepdims=True))  # so flat images hash alike at any size
     # dHash pixels rounded like PIL's 8-bit output, so flat areas tie (bit 0) as in imagehash
-    return phash, (dhash_pixels(np.floor(d98 + 0.5)) if dhash else None)
+    return phash, (dhash_pixels(np.floor(d98 + 0.5)) if dhash else None), detail(flat)
 
 
 def _full_features(images: list[Image.Image], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -289,11 +311,11 @@ def _decode(data: bytes, cfg: DedupConfig) -> Image.Image | None:
 
 
 def add_hashes(table: pa.Table, cfg: DedupConfig = DedupConfig()) -> pa.Table:
-    """Adds COL.PHASH and COL.DHASH (uint64) and COL.RGB_GRID (rgb_grid) for rows with non-null COL.IMAGE
-    bytes; null elsewhere (also where the bytes no longer decode). Works in chunks of HASH_BATCH decoded
-    images to bound memory."""
+    """Adds COL.PHASH and COL.DHASH (uint64), COL.DETAIL (detail) and COL.RGB_GRID (rgb_grid) for rows with
+    non-null COL.IMAGE bytes; null elsewhere (also where the bytes no longer decode). Works in chunks of
+    HASH_BATCH decoded images to bound memory."""
     n = table.num_rows
-    phash, dhash = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+    phash, dhash, details = np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.float32)
     grids: list = [None] * n
     valid = np.zeros(n, bool)
     column = table[COL.IMAGE] if COL.IMAGE in table.column_names else pa.nulls(n, pa.binary())
@@ -302,12 +324,13 @@ def add_hashes(table: pa.Table, cfg: DedupConfig = DedupConfig()) -> pa.Table:
         decoded = [(lo + i, img) for i, b in enumerate(chunk) if b is not None and (img := _decode(b, cfg)) is not None]
         if decoded:
             rows = [i for i, _ in decoded]
-            phash[rows], dhash[rows] = hash_images([img for _, img in decoded], cfg)
+            phash[rows], dhash[rows], details[rows] = _hash_features([img for _, img in decoded], cfg)
             for i, img in decoded:
                 grids[i] = rgb_grid(img)
             valid[rows] = True
     table = set_column(table, COL.PHASH, pa.array(phash, pa.uint64(), mask=~valid))
     table = set_column(table, COL.DHASH, pa.array(dhash, pa.uint64(), mask=~valid))
+    table = set_column(table, COL.DETAIL, pa.array(details, pa.float32(), mask=~valid))
     return set_column(table, COL.RGB_GRID, pa.array(grids, pa.binary()))
 
 

@@ -54,19 +54,46 @@ def second_hashes(n: int, k: int, dup_fraction: float = 0.1, seed: int = 0) -> n
     return d
 
 
+PLAIN_SHARE = 0.02  # synthetic rows that are plain images (details()): half in 8 placeholder colours (white, black,
+                    # greys, ...), half in random ones, so the plain sweep meets crowded brightness cells
+
+
+def _plain_sources(n: int, dup_fraction: float, seed: int) -> np.ndarray:
+    """Which non-copy rows of planted(n, ..., dup_fraction, seed) are plain (every 1/PLAIN_SHARE-th)."""
+    return np.arange(0, n - int(n * dup_fraction), int(1 / PLAIN_SHARE))
+
+
+def details(n: int, dup_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Ledger details for planted(n, ..., dup_fraction, seed): 0.1 (plain) for _plain_sources and their copies,
+    20 (a photo) for the others."""
+    d = np.full(n, 20.0, np.float32)
+    d[_plain_sources(n, dup_fraction, seed)] = 0.1
+    src = _sources(n, dup_fraction, seed)
+    d[n - len(src):] = d[src]
+    return d
+
+
 def grids(n: int, dup_fraction: float = 0.1, seed: int = 0) -> "pa.Array":
-    """rgb_grids for planted(n, ..., dup_fraction, seed): random colours, the copies their source's (the colour
-    check passes them), as one binary array of n x 48 bytes."""
+    """rgb_grids for planted(n, ..., dup_fraction, seed): random colours, the plain rows (details) one colour
+    with +-2 of noise, the copies their source's (the colour check passes them), as one binary array of n x 48
+    bytes."""
     import pyarrow as pa
 
     src = _sources(n, dup_fraction, seed)
-    g = np.random.default_rng(seed + 2).integers(0, 256, (n, 48), dtype=np.uint8)
+    rng = np.random.default_rng(seed + 2)
+    g = rng.integers(0, 256, (n, 48), dtype=np.uint8)
+    plain = _plain_sources(n, dup_fraction, seed)
+    palette = np.array([[255, 255, 255], [0, 0, 0], [128, 128, 128], [240, 240, 240], [30, 30, 30],
+                        [200, 200, 200], [250, 245, 235], [20, 40, 80]])
+    colour = np.where(rng.random((len(plain), 1)) < 0.5, palette[rng.integers(0, 8, len(plain))],
+                      rng.integers(0, 256, (len(plain), 3)))
+    g[plain] = np.clip(np.tile(colour, 16) + rng.integers(-2, 3, (len(plain), 48)), 0, 255)
     g[n - len(src):] = g[src]
     offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int64) * 48).astype(np.int32))
     return pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(g)])
 
 
-def _meta(h: np.ndarray, d: np.ndarray | None = None, g: "pa.Array | None" = None):
+def _meta(h: np.ndarray, d: np.ndarray | None = None, g: "pa.Array | None" = None, detail=None):
     import pyarrow as pa
 
     n = len(h)
@@ -74,7 +101,8 @@ def _meta(h: np.ndarray, d: np.ndarray | None = None, g: "pa.Array | None" = Non
                      "phash": pa.array(h, pa.uint64()),
                      "dhash": pa.nulls(n, pa.uint64()) if d is None else pa.array(d, pa.uint64()),
                      "clip_score": pa.nulls(n, pa.float32()), "width": pa.nulls(n, pa.int32()),
-                     "height": pa.nulls(n, pa.int32()), "rgb_grid": pa.nulls(n, pa.binary()) if g is None else g})
+                     "height": pa.nulls(n, pa.int32()), "rgb_grid": pa.nulls(n, pa.binary()) if g is None else g,
+                     "detail": pa.nulls(n, pa.float32()) if detail is None else pa.array(detail, pa.float32())})
 
 
 def _high_water_mb() -> float:
@@ -94,8 +122,10 @@ def cluster_one(n: int, k: int, max_bucket: int) -> dict:
     from curate.config import DedupConfig
     from curate.dedup.cluster import SearchStats, find_duplicates
 
-    meta = _meta(planted(n, k), second_hashes(n, k), grids(n))  # dHash and colours: the second search and the
-    # colour check run as in a real run
+    meta = _meta(planted(n, k), second_hashes(n, k), grids(n), details(n))  # dHash, colours, plain rows: the
+    # second search, the colour check and the plain sweep run as in a real run
+    find_duplicates(meta.slice(0, 10_000), DedupConfig(k=k, max_bucket=max_bucket))  # numba's cache (compiled
+    # again after any edit of cluster.py), outside the timing
     base = _high_water_mb()
     stats = SearchStats()
     t = time.perf_counter()
@@ -127,7 +157,7 @@ def brute_vs_index(n: int, k: int) -> dict:
 
 
 def _pool_meta(pool, cfg=None) -> "pa.Table":
-    """The clustering input of a labelled pool: hashes and colour grids of the stored bytes (cfg's hashing path,
+    """The clustering input of a labelled pool: hashes, details and colour grids of the stored bytes (cfg's hashing path,
     default DedupConfig()), sha256, stored sizes, no CLIP."""
     import hashlib
     import io
@@ -145,7 +175,8 @@ def _pool_meta(pool, cfg=None) -> "pa.Table":
                      "phash": hashed["phash"], "dhash": hashed["dhash"],
                      "clip_score": pa.nulls(len(pool), pa.float32()),
                      "width": pa.array([w for w, _ in sizes], pa.int32()),
-                     "height": pa.array([h for _, h in sizes], pa.int32()), "rgb_grid": hashed["rgb_grid"]})
+                     "height": pa.array([h for _, h in sizes], pa.int32()), "rgb_grid": hashed["rgb_grid"],
+                     "detail": hashed["detail"]})
 
 
 def hash_ceiling(pool, meta, k: int) -> dict:
@@ -173,8 +204,14 @@ def _share(flags: list) -> float:
     return round(sum(flags) / max(1, len(flags)), 4)
 
 
-def _breaks_rule(ph: np.ndarray, dh: np.ndarray, i: int, j: int, detail: str, cfg) -> bool:
-    """Whether dropped row i and its representative j break the rule of their reason detail (pHash first)."""
+def _breaks_rule(ph: np.ndarray, dh: np.ndarray, i: int, j: int, detail: str, cfg, meta=None) -> bool:
+    """Whether dropped row i and its representative j break the rule of their reason detail (pHash first; a
+    plain pair: tests/pipeline/helpers.py plain_agrees on meta's rows)."""
+    if detail == "plain":
+        from tests.pipeline.helpers import plain_agrees
+
+        rows = meta.select(["detail", "rgb_grid"]).take([i, j]).to_pylist()
+        return not plain_agrees(*rows, cfg)
     dp, dd = int(np.bitwise_count(ph[i] ^ ph[j])), int(np.bitwise_count(dh[i] ^ dh[j]))
     if detail == "second_hash":
         return dp > cfg.loose_k or dd > cfg.second_k
@@ -201,7 +238,7 @@ def pool_scores(pool, meta, drops, cfg=None) -> dict:
         dropped[i] = True
         if ":" in d["reason"][len("duplicate:"):]:
             label[i] = row[d["reason"].rsplit(":", 1)[1]]
-            violations += _breaks_rule(ph, dh, i, label[i], d["reason"].split(":")[1], cfg)
+            violations += _breaks_rule(ph, dh, i, label[i], d["reason"].split(":")[1], cfg, meta)
     size = Counter(group.tolist())
     single = np.array([size[g] == 1 for g in group])
     kept_per_group = Counter(group[~dropped].tolist())
@@ -253,7 +290,10 @@ SETTINGS = (  # the settings measured beside the default (rejected ones stay in 
     *[dict(second_k=6, low_detail_bits=b, low_detail_k=lk) for b in (10, 12, 14) for lk in (6, 7, 8)],
     dict(colour_check=False),  # the hash rule alone (the default before the colour check)
     *[dict(colour_chroma=c) for c in (0.1, 0.12, 0.2, 0.25)],
+    dict(plain_detail=0.0),  # no plain rule (the default of the last landing)
+    *[dict(plain_detail=d, plain_tol=t) for d in (0.25, 0.5, 1.0) for t in (1.0, 1.5, 2.0) if (d, t) != (0.5, 1.5)],
 )
+PLAIN_BRIGHTNESS = (0.03, 0.05, 0.1, 0.25)  # cluster.PLAIN_BRIGHTNESS values measured on every pool (plain_sweep)
 SEEDS = (1, 2, 3, 4, 5)  # other pools: the colour check was picked looking at seeds 0-3 (and the quality pool)
 GRID_OFFSETS = (8.0, 16.0, 32.0)  # cluster.GRID_OFFSET values measured (the default is one of them)
 SETTING_KEYS = ("without_copy_dropped", "groups_keeping_exactly_one", "photo_groups_keeping_exactly_one",
@@ -265,7 +305,8 @@ def _setting_scores(pool, meta, cfg) -> dict:
     from curate.dedup.cluster import find_duplicates
 
     scores = pool_scores(pool, meta, find_duplicates(meta, cfg), cfg)
-    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k", "colour_check", "colour_chroma")
+    fields = ("low_detail_bits", "low_detail_k", "second_k", "loose_k", "colour_check", "colour_chroma",
+              "plain_detail", "plain_tol")
     return {"setting": {f: getattr(cfg, f) for f in fields}, **{k: scores[k] for k in SETTING_KEYS}}
 
 
@@ -294,7 +335,9 @@ def pool_quality(n_bases: int, seed: int, old_tree: str | None) -> dict:
     if old_tree:
         out["before"] = pool_scores(pool, meta, _old_drops(meta, old_tree))
     out["grid_offset"] = grid_offsets(pool, meta)
-    out["seeds"] = other_seeds(n_bases)
+    others = other_pools(n_bases)
+    out["seeds"] = other_seeds(others)
+    out["plain"] = plain_sweep([(seed, pool, meta)] + others)
     out["low_detail"] = low_detail_measures(pool, meta)
     out["options"] = _options(pool, meta, cfg.k)
     return out
@@ -317,27 +360,58 @@ def grid_offsets(pool, meta) -> list[dict]:
     return out
 
 
-def other_seeds(n_bases: int) -> list[dict]:
-    """The default and the hash rule alone (colour_check false) on pools of other seeds: how far one pool's
-    figures carry."""
+def other_pools(n_bases: int) -> list[tuple]:
+    """(seed, pool, its _pool_meta) for SEEDS."""
+    from tests.bench.dedup_pool import make_pool
+
+    return [(seed, pool, _pool_meta(pool)) for seed in SEEDS for pool in [make_pool(n_bases, seed)]]
+
+
+def other_seeds(pools: list[tuple]) -> list[dict]:
+    """The default, the hash rule alone (colour_check false) and no plain rule on the other_pools: how far one
+    pool's figures carry."""
     from dataclasses import replace
 
     from curate.config import DedupConfig
     from curate.dedup.cluster import find_duplicates
-    from tests.bench.dedup_pool import make_pool
 
     out = []
-    for seed in SEEDS:
-        pool = make_pool(n_bases, seed)
-        meta = _pool_meta(pool)
+    for seed, pool, meta in pools:
         row = {"seed": seed}
-        for name, cfg in (("default", DedupConfig()), ("colour_check_false", replace(DedupConfig(), colour_check=False))):
+        for name, cfg in (("default", DedupConfig()), ("colour_check_false", replace(DedupConfig(), colour_check=False)),
+                          ("plain_detail_0", replace(DedupConfig(), plain_detail=0.0))):
             scores = pool_scores(pool, meta, find_duplicates(meta, cfg), cfg)
             row[name] = {key: scores[key] for key in SETTING_KEYS}
         out.append(row)
     keys = ("without_copy_dropped", "groups_keeping_exactly_one", "pairwise_precision")
     out.append({"mean": {name: {key: round(float(np.mean([r[name][key] for r in out])), 4) for key in keys}
-                         for name in ("default", "colour_check_false")}})
+                         for name in ("default", "colour_check_false", "plain_detail_0")}})
+    return out
+
+
+def plain_sweep(pools: list[tuple]) -> list[dict]:
+    """The plain rule at PLAIN_BRIGHTNESS x plain_tol (plain_tol 1e-4: the rule off) on every pool (seed 0
+    and the other_pools): mean headline figures, and precision and groups per pool in seed order."""
+    from dataclasses import replace
+
+    from curate.config import DedupConfig
+    from curate.dedup import cluster
+
+    out, default = [], cluster.PLAIN_BRIGHTNESS
+    keys = ("without_copy_dropped", "groups_keeping_exactly_one", "low_detail_groups_keeping_exactly_one",
+            "pairwise_precision")
+    try:
+        for bright in PLAIN_BRIGHTNESS:
+            cluster.PLAIN_BRIGHTNESS = bright
+            for tol in (1e-4, 1.0, 1.5, 2.0):
+                cfg = replace(DedupConfig(), plain_tol=tol)
+                scores = [pool_scores(p, m, cluster.find_duplicates(m, cfg), cfg) for _, p, m in pools]
+                out.append({"plain_brightness": bright, "plain_tol": tol, "seeds": [s for s, _, _ in pools],
+                            **{f"mean_{key}": round(float(np.mean([x[key] for x in scores])), 4) for key in keys},
+                            "pairwise_precision": [x["pairwise_precision"] for x in scores],
+                            "groups_keeping_exactly_one": [x["groups_keeping_exactly_one"] for x in scores]})
+    finally:
+        cluster.PLAIN_BRIGHTNESS = default
     return out
 
 

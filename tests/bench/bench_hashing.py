@@ -77,7 +77,7 @@ def bench_hashing(n: int) -> dict:
         res[name] = {"images_per_s": round(n / dt, 1),
                      "ratio_vs_decode_plus_imagehash_phash": round(t_ref_bytes / dt, 2),
                      **_agreement(np.array(out[COL.PHASH].to_pylist(), np.uint64), ref_bytes),
-                     "note": "add_hashes decodes and computes phash, dhash and the rgb_grid colour thumbnail"}
+                     "note": "add_hashes decodes and computes phash, dhash, the rgb_grid colour thumbnail and the detail"}
     return res
 
 

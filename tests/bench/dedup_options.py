@@ -37,22 +37,43 @@ def _gray_hashes(gray) -> dict:
             "phash_centre_84pct": _ph(dct(small(centre)))}
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = v - v.mean(axis=1, keepdims=True) if v.shape[1] > 63 else v
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+
+
 def _features(pool) -> dict:
-    """Per image: the pHash variants, a 4x4 RGB box thumbnail (float) and the gray std of a 16x16 box thumbnail
-    (flat images: plain colours, weak gradients, night skies, whose pHash is their noise)."""
+    """Per image: the pHash variants, a 4x4 RGB box thumbnail (float), the gray std of a 16x16 box thumbnail
+    (flat images: plain colours, weak gradients, night skies, whose pHash is their noise), and two real-valued
+    descriptors as unit vectors: the 63 AC terms of the low DCT that the default (fast) pHash thresholds
+    (`dct`), and the trimmed gray 16x16 box thumbnail less its mean (`thumb16`); and the energy of that DCT
+    outside its 2x2 lowest terms, in gray levels (`outside_2x2`: small for plain images and smooth gradients)."""
     from PIL import Image
 
+    from curate.config import DedupConfig
+    from curate.dedup import hashing
     from curate.dedup.hashing import trim_borders
 
     out: dict = {}
+    cfg = DedupConfig()
     for p in pool:
         img = Image.open(io.BytesIO(p.data)).convert("RGB")
-        for key, v in _gray_hashes(trim_borders(img.convert("L"))).items():
+        gray = trim_borders(img.convert("L"))
+        for key, v in _gray_hashes(gray).items():
             out.setdefault(key, []).append(v)
+        small = hashing._decode(p.data, cfg)
+        low = hashing._full_features([small], cfg)[0] if small.width * small.height <= hashing.FAST_FULL_PIXELS \
+            or min(small.size) < hashing.FAST_GRID[1] else hashing._sample_features([small], cfg)[0]
+        out.setdefault("dct", []).append(low.reshape(-1)[1:])
+        out.setdefault("outside_2x2", []).append(np.sqrt(np.square(low[2:]).sum() + np.square(low[:2, 2:]).sum())
+                                                 / hashing.DC_SCALE)
+        out.setdefault("thumb16", []).append(np.asarray(gray.resize((16, 16), Image.Resampling.BOX), np.float32).ravel())
         out.setdefault("thumb", []).append(np.asarray(img.resize((4, 4), Image.Resampling.BOX), np.float32).ravel())
         out.setdefault("std16", []).append(np.asarray(img.convert("L").resize((16, 16), Image.Resampling.BOX),
                                                       np.float32).std())
-    return {k: np.array(v) for k, v in out.items()}
+    feats = {k: np.array(v) for k, v in out.items()}
+    feats["dct"], feats["thumb16"] = _unit(feats["dct"].astype(np.float64)), _unit(feats["thumb16"].astype(np.float64))
+    return feats
 
 
 def _hamming(h: np.ndarray) -> np.ndarray:
@@ -97,9 +118,35 @@ def colour_agreement(meta, cfg=None) -> np.ndarray:
     return (np.abs(chroma[:, None] - chroma[None]).max(-1) <= max_chroma) | grey[:, None] | grey[None, :]
 
 
-def default_rule(meta, colour: bool = True) -> np.ndarray:
+def plain_rule(meta, cfg=None) -> np.ndarray:
+    """Pair matrix of the plain rule (curate/dedup/cluster.py _claim_plain): both details under plain_detail,
+    grids over their mean brightness (x128) within plain_tol on average, brightness within PLAIN_BRIGHTNESS."""
+    from curate.config import DedupConfig
+    from curate.dedup.cluster import PLAIN_BRIGHTNESS, PLAIN_FLOOR
+
+    cfg = cfg or DedupConfig()
+    plain = meta["detail"].to_numpy(zero_copy_only=False) < cfg.plain_detail
+    grid = np.frombuffer(b"".join(meta["rgb_grid"].to_pylist()), np.uint8).reshape(meta.num_rows, -1)
+    bright = np.maximum(grid.astype(np.float32).mean(axis=1), PLAIN_FLOOR)
+    norm = grid.astype(np.float32) / bright[:, None] * 128
+    near = np.abs(norm[:, None] - norm[None]).astype(np.float64).mean(-1) <= cfg.plain_tol
+    logb = np.log(bright)
+    return plain[:, None] & plain[None, :] & near & (np.abs(logb[:, None] - logb[None]) <= PLAIN_BRIGHTNESS)
+
+
+def _any_detail():
+    """DedupConfig() with every image counting as plain (the plain rule's grid test alone)."""
+    from dataclasses import replace
+
+    from curate.config import DedupConfig
+
+    return replace(DedupConfig(), plain_detail=float("inf"))
+
+
+def default_rule(meta, colour: bool = True, plain: bool = True) -> np.ndarray:
     """Pair matrix of DedupConfig()'s rule: pHash within k (a low-detail pair: dHash within low_detail_k too), or,
-    neither low-detail, dHash within second_k and pHash within loose_k; and (colour) the colour check."""
+    neither low-detail, dHash within second_k and pHash within loose_k, or (plain) the plain rule; and (colour)
+    the colour check."""
     from curate.config import DedupConfig
     from curate.dedup.cluster import low_detail
 
@@ -108,6 +155,8 @@ def default_rule(meta, colour: bool = True) -> np.ndarray:
     flat = low_detail(meta["dhash"].to_numpy(), np.ones(meta.num_rows, bool), cfg.low_detail_bits)
     lp = flat[:, None] | flat[None, :]
     hashes = ((ph <= cfg.k) & (~lp | (dh <= cfg.low_detail_k))) | ((dh <= cfg.second_k) & (ph <= cfg.loose_k) & ~lp)
+    if plain:
+        hashes |= plain_rule(meta, cfg)
     return hashes & colour_agreement(meta, cfg) if colour else hashes
 
 
@@ -166,8 +215,17 @@ def rule_options(pool, meta, feats: dict, score) -> list[dict]:
     second = (dh <= 4) & (ph <= 16) & ~lp
     c = colour_agreement(meta)
     hashes_only = default_rule(meta, colour=False)
+    default = default_rule(meta)
+    cos, corr = feats["dct"] @ feats["dct"].T, feats["thumb16"] @ feats["thumb16"].T
     rules = {
-        "default: C and (pHash<=8 (L: and dHash<=8) | not L: dHash<=4 and pHash<=16)": default_rule(meta),
+        "default: C and (pHash<=8 (L: and dHash<=8) | not L: dHash<=4 and pHash<=16 | plain rule)": default,
+        "no plain rule (plain_detail 0)": default_rule(meta, plain=False),
+        **{f"+ smooth (outside_2x2 < {t}) pairs: the plain rule's grid and brightness test": default | (
+            smooth[:, None] & smooth[None, :] & plain_rule(meta, cfg=_any_detail()) & c)
+           for t in (0.25, 0.5, 1.0) for smooth in [feats["outside_2x2"] < t]},
+        **{f"+ C and {band} and {name}>={t}" + (" (needs a k=16 search)" if band[0] == "p" else ""):
+           default | (c & m & (v >= t)) for band, m in (("pHash<=16", ph <= 16), ("dHash<=4", dh <= 4))
+           for name, v in (("dct_cos", cos), ("thumb16_corr", corr)) for t in (0.9, 0.95, 0.97)},
         "hashes only (colour_check false)": hashes_only,
         "C + L: pHash<=8 alone (no dHash agreement)": c & ((ph <= 8) | second),
         "C + L too: dHash<=4 and pHash<=16": c & (base(8) | ((dh <= 4) & (ph <= 16))),
@@ -198,8 +256,10 @@ def rule_options(pool, meta, feats: dict, score) -> list[dict]:
 
 
 NOTE = ("brute force over every pair of the pool; the replay of the default rule equals find_duplicates "
-        "(tests/test_cluster.py). None reaches all three targets. A pHash<=12 band needs a k=12 search: 87-110 s "
-        "against 17-19 s for k=8 at 1M planted hashes (shared 2 cores), past the 1.5x budget. Colour as a "
+        "(tests/test_cluster.py). None reaches all three targets. Real-valued confirmations (the pHash's own low "
+        "DCT as a vector, a 16x16 gray thumbnail: cosine) of pairs in a looser band trade groups for precision as "
+        "the hash bands do: the pool's distinct crops of one photo (IoU < 0.5) and of one texture lie as close. "
+        "A pHash<=12 band needs a k=12 search: 87-110 s against 17-19 s for k=8 at 1M planted hashes (shared 2 cores), past the 1.5x budget. Colour as a "
         "confirmation of looser hash bands loses precision; as a veto on the hash rule (the default's colour check, "
         "the rgb_grid ledger column) it parts most unrelated pairs at almost no cost in groups")
 

@@ -8,6 +8,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -80,15 +81,16 @@ def tree_digest(root: Path, subdirs=("shards", "metadata")) -> dict[str, str]:
 
 
 # the near-duplicate reasons of curate/dedup/cluster.py
-NEAR_REASON = re.compile(r"duplicate:(?P<how>low_detail:|second_hash:)?duplicate_of:(?P<rep>.+)")
+NEAR_REASON = re.compile(r"duplicate:(?P<how>low_detail:|second_hash:|plain:)?duplicate_of:(?P<rep>.+)")
 
 
 def assert_duplicate_rule(out: Path) -> int:
     """The dedup rule on a finished run (its config.yaml and metadata/ledger), per duplicate row and its
     representative <uid>: duplicate_of:<uid> within dedup.k on the configured hash; low_detail:duplicate_of:<uid>
     the same and the second hash within dedup.low_detail_k (or, lacking one, the same first hash);
-    second_hash:duplicate_of:<uid> the second hash within dedup.second_k and the first within dedup.loose_k; with
-    dedup.colour_check, any of them also with rgb_grids that agree (colour_agrees). And <uid> is a row of the run
+    second_hash:duplicate_of:<uid> the second hash within dedup.second_k and the first within dedup.loose_k;
+    plain:duplicate_of:<uid> both plain with grids alike (plain_agrees); with dedup.colour_check, any of them also
+    with rgb_grids that agree (colour_agrees). And <uid> is a row of the run
     that no dedup decision dropped (a later global filter may have). Semantic dedup's duplicate:semantic_of:<uid>
     rows are checked by assert_semantic_rule. Returns the number of rows checked."""
     from curate.dedup.cluster import hash_columns
@@ -96,7 +98,7 @@ def assert_duplicate_rule(out: Path) -> int:
     cfg = load_config(str(out / "config.yaml")).dedup
     first, second = hash_columns(cfg)
     rows = pq.read_table(out / "metadata" / "ledger",
-                         columns=[COL.UID, COL.STATUS, COL.REASON, first, second, COL.RGB_GRID])
+                         columns=[COL.UID, COL.STATUS, COL.REASON, first, second, COL.RGB_GRID, COL.DETAIL])
     by_uid = {r[COL.UID]: r for r in rows.to_pylist()}
     checked = 0
     for r in by_uid.values():
@@ -107,6 +109,11 @@ def assert_duplicate_rule(out: Path) -> int:
         assert rep is not None, f"{where}: its representative is not a row of the run"
         assert rep[COL.STATUS] not in (Status.DUPLICATE, Status.EVAL_OVERLAP, Status.OK), \
             f"{where}: its representative was dropped as {rep[COL.REASON]}"
+        assert colour_agrees(r[COL.RGB_GRID], rep[COL.RGB_GRID], cfg), f"{where}: colours that the check parts"
+        checked += 1
+        if m["how"] == "plain:":
+            assert plain_agrees(r, rep, cfg), f"{where}: not both plain with grids alike"
+            continue
         dist = functools.partial(_hash_bits, r, rep)
         bound = cfg.loose_k if m["how"] == "second_hash:" else cfg.k
         assert dist(first) <= bound, f"{where}: {dist(first)} bits from its representative on {first}, bound {bound}"
@@ -115,8 +122,6 @@ def assert_duplicate_rule(out: Path) -> int:
             assert ok, f"{where}: a low-detail match without {second} within {cfg.low_detail_k}"
         if m["how"] == "second_hash:":
             assert dist(second) <= cfg.second_k, f"{where}: {dist(second)} bits on {second}, second_k={cfg.second_k}"
-        assert colour_agrees(r[COL.RGB_GRID], rep[COL.RGB_GRID], cfg), f"{where}: colours that the check parts"
-        checked += 1
     return checked + assert_semantic_rule(out)
 
 
@@ -133,6 +138,24 @@ def colour_agrees(a: bytes | None, b: bytes | None, cfg) -> bool:
     if any(all(abs(x - 1) <= GREY_TOL for c in shares(g) for x in c) for g in (a, b)):
         return True
     return max(abs(x - y) for ca, cb in zip(shares(a), shares(b)) for x, y in zip(ca, cb)) <= cfg.colour_chroma
+
+
+def plain_agrees(a: dict, b: dict, cfg) -> bool:
+    """dedup's plain rule written the slow way (curate/dedup/cluster.py _plain, _claim_plain), for two rows with
+    detail and rgb_grid: both details below cfg.plain_detail; each grid over its mean (at least PLAIN_FLOOR) x128
+    with a mean absolute difference of at most cfg.plain_tol; their means' log ratio at most PLAIN_BRIGHTNESS.
+    In float32 as there, so a pair on the bound decides alike."""
+    from curate.dedup.cluster import PLAIN_BRIGHTNESS, PLAIN_FLOOR
+
+    if any(r[COL.DETAIL] is None or r[COL.DETAIL] >= cfg.plain_detail or r[COL.RGB_GRID] is None for r in (a, b)):
+        return False
+    grids = [np.frombuffer(r[COL.RGB_GRID], np.uint8).astype(np.float32)[None] for r in (a, b)]
+    bright = [np.maximum(g.mean(axis=1), PLAIN_FLOOR) for g in grids]
+    (na, nb) = (g / m[:, None] * 128 for g, m in zip(grids, bright))
+    total = 0.0
+    for d in np.abs(na[0] - nb[0]):
+        total += float(d)
+    return total / na.shape[1] <= cfg.plain_tol and abs(np.log(bright[0])[0] - np.log(bright[1])[0]) <= PLAIN_BRIGHTNESS
 
 
 # the semantic dedup reason of curate/dedup/semantic.py
