@@ -407,9 +407,10 @@ def _plain_image(rng, colour, size=(120, 90), sigma=3.0) -> Image.Image:
 
 
 def test_plain_images_match_by_colour_when_their_hashes_are_noise():
-    # a plain colour with noise, re-encoded at q25 and downscaled: its pHash is the noise's, far past k, so the
-    # hashes alone keep the copies; the plain rule claims them by colour. Another hue, the same hue 20 % brighter
-    # and a photo stay. Plain images' details are far under plain_detail, the photo's far over.
+    # a plain colour with noise, re-encoded at q25 and downscaled: its pHash is the noise's, and the q25 copy's
+    # lies past loose_k, so the hashes alone keep it; the plain rule claims it by colour (the downscaled copy's
+    # pHash happens to lie near). Another hue, the same hue 20 % brighter and a photo stay. Plain images' details
+    # are far under plain_detail, the photo's far over.
     import skimage.data
 
     rng = np.random.default_rng(0)

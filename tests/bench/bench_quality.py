@@ -374,6 +374,21 @@ def serve_pool(ctx: dict, srv, urls: Path) -> None:
                            "--seed", str(args.seed)])
 
 
+POOL_PORT = 18347  # the pool's URLs, hence its row uids (blake2b of url and caption), hence the representative
+                  # that breaks a tie of two equal copies, depend on the port: a fixed one makes a rerun decide alike
+
+
+def _server(image_server):
+    """The pool's ImageServer on POOL_PORT; on an ephemeral port, with a warning, when that one is taken
+    (the uids, and the copies kept on ties, then differ from other runs)."""
+    try:
+        return image_server(port=POOL_PORT)
+    except OSError as e:
+        print(f"bench_quality: port {POOL_PORT} unavailable ({e}); serving on an ephemeral port, so ties between "
+              f"equal copies may resolve unlike other runs", file=sys.stderr)
+        return image_server()
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     from tests.fault_server import ImageServer
@@ -382,7 +397,7 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="curate-bench-quality-"))
     ctx = {"args": args, **prepare(work, args)}
     try:
-        with ImageServer() as srv:
+        with _server(ImageServer) as srv:
             serve_pool(ctx, srv, work / "urls.parquet")
             curated, rounds = bootstrap(ctx, args.rounds)
         training = compare_training(ctx, training_sets(ctx, curated))
@@ -409,7 +424,7 @@ def summarise(args, ctx: dict, rounds: list[dict], training: dict, build_args: l
         "top1_ratio_curated_vs_random": ratio(med["curated"], med["random"]),
         "top1_ratio_curated_no_clip_vs_oracle": (ratio(med["curated_no_clip"], med["oracle"])
                                                  if "curated_no_clip" in med else None),
-        "total_s": round(total_s, 1),
+        "total_s": round(total_s, 1), "pool_url": ctx["base_url"],  # POOL_PORT: the uids of every run alike
         "settings": {"build_shards": build_args + [("(round 0: --no-clip; later rounds: --clip-model, "
                                                     "--clip-pretrained <checkpoint>, --clip-threshold <calibrated>)")],
                      "pairs": args.pairs, "heldout_per_subject": args.heldout, "steps": args.steps,
