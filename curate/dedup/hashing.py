@@ -53,7 +53,11 @@ def phash_pixels(stack: np.ndarray) -> np.ndarray:
     """pHash of a (N, 32, 32) stack of grayscale pixels -> (N,) uint64, bit for bit imagehash's."""
     if len(stack) == 0:
         return np.zeros(0, np.uint64)
-    low = _low_dct(stack)
+    return _phash_bits(_low_dct(stack))
+
+
+def _phash_bits(low: np.ndarray) -> np.ndarray:
+    """(N,) uint64 pHashes from (N, 64) low DCTs: the bits above each row's median."""
     return _bits_to_uint64(low > np.median(low, axis=1, keepdims=True))
 
 
@@ -149,8 +153,7 @@ def _hash_features(images: list[Image.Image], cfg: DedupConfig,
         if dhash:
             d98[i] = np.asarray(gray.resize((HASH_SIZE + 1, HASH_SIZE), LANCZOS))
     low = _low_dct(p32) if len(images) else np.zeros((0, HASH_SIZE * HASH_SIZE))
-    return (_bits_to_uint64(low > np.median(low, axis=1, keepdims=True)), (dhash_pixels(d98) if dhash else None),
-            detail(low))
+    return _phash_bits(low), (dhash_pixels(d98) if dhash else None), detail(low)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -245,6 +248,17 @@ def _fast_hashes(images: list[Image.Image], cfg: DedupConfig,
     any area filter must, costs more than the whole 10x budget; the loss is aliasing from the unread pixels.
     Either way the 32 px LANCZOS, the DCT and the 9x8 dHash resize run as small matrix products. Returns
     (phash, dhash, detail)."""
+    low, d98 = _fast_features(images, cfg)
+    flat = low.reshape(len(images), -1)
+    flat[np.abs(flat) <= FLAT_EPS * np.abs(flat[:, :1])] = 0  # a flat image's AC terms are float noise: zero them,
+    phash = _phash_bits(flat)  # so flat images hash alike at any size
+    # dHash pixels rounded like PIL's 8-bit output, so flat areas tie (bit 0) as in imagehash
+    return phash, (dhash_pixels(np.floor(d98 + 0.5)) if dhash else None), detail(flat)
+
+
+def _fast_features(images: list[Image.Image], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(low DCT (N, 8, 8), 9x8 resize (N, 8, 9)) of the fast path: _full_features for small images,
+    _sample_features for the others (see _fast_hashes)."""
     n = len(images)
     sizes = [img.size for img in images]
     full = np.array([w * h <= FAST_FULL_PIXELS or min(w, h) < FAST_GRID[1] for w, h in sizes], bool)
@@ -257,11 +271,7 @@ def _fast_hashes(images: list[Image.Image], cfg: DedupConfig,
         idx = lo + np.flatnonzero(~full[lo:lo + FAST_BATCH])
         if len(idx):
             low[idx], d98[idx] = _sample_features([images[i] for i in idx], cfg)
-    flat = low.reshape(n, -1)
-    flat[np.abs(flat) <= FLAT_EPS * np.abs(flat[:, :1])] = 0  # a flat image's AC terms are float noise: zero them,
-    phash = _bits_to_uint64(flat > np.median(flat, axis=1, keepdims=True))  # so flat images hash alike at any size
-    # dHash pixels rounded like PIL's 8-bit output, so flat areas tie (bit 0) as in imagehash
-    return phash, (dhash_pixels(np.floor(d98 + 0.5)) if dhash else None), detail(flat)
+    return low, d98
 
 
 def _full_features(images: list[Image.Image], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -62,8 +62,7 @@ def _features(pool) -> dict:
         for key, v in _gray_hashes(gray).items():
             out.setdefault(key, []).append(v)
         small = hashing._decode(p.data, cfg)
-        low = hashing._full_features([small], cfg)[0] if small.width * small.height <= hashing.FAST_FULL_PIXELS \
-            or min(small.size) < hashing.FAST_GRID[1] else hashing._sample_features([small], cfg)[0]
+        low = hashing._fast_features([small], cfg)[0][0]
         out.setdefault("dct", []).append(low.reshape(-1)[1:])
         out.setdefault("outside_2x2", []).append(np.sqrt(np.square(low[2:]).sum() + np.square(low[:2, 2:]).sum())
                                                  / hashing.DC_SCALE)
